@@ -1,0 +1,183 @@
+"""The `trainyard` command line.
+
+    trainyard run        train with the Prefect flow (params.yaml + --set overrides)
+    trainyard train      the same flow into a fixed run directory (the `dvc repro` stage)
+    trainyard validate   check a dataset; every problem with file and line
+    trainyard evaluate   write metrics.json from a finished run directory
+    trainyard data demo  generate the built-in demo dataset (and DVC-track it)
+    trainyard ui         open the MLflow UI on the configured tracking store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tasks.errors import DatasetError, TrainyardError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TrainyardError as exc:
+        print(f"trainyard: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("trainyard: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainyard", description="Reproducible YOLO11 training pipelines.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_params(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        sp.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            help="override one parameter for this run, e.g. --set train.epochs=3 (repeatable)",
+        )
+
+    run = sub.add_parser("run", help="train with the Prefect flow and print the MLflow run")
+    with_params(run)
+    run.add_argument("--run-dir", default=None, help="output directory (default: runs/<mlflow run id>)")
+    run.set_defaults(func=_cmd_run)
+
+    train = sub.add_parser("train", help="the train flow into a fixed run directory (used by dvc.yaml)")
+    with_params(train)
+    train.add_argument("--run-dir", required=True, help="output directory, e.g. runs/dvc")
+    train.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="validate a YOLO dataset (default: data.source of params.yaml)")
+    with_params(val)
+    val.add_argument("--data", default=None, help="dataset directory to check instead of data.source")
+    val.add_argument("--report", default=None, help="also write the report as JSON here")
+    val.add_argument("--max-listed", type=int, default=20, help="problems to list before summarising (default 20)")
+    val.set_defaults(func=_cmd_validate)
+
+    ev = sub.add_parser("evaluate", help="write metrics.json from a finished run directory")
+    ev.add_argument("--run-dir", required=True)
+    ev.add_argument("--metrics", default="metrics.json", help="where to write (default: metrics.json)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    data = sub.add_parser("data", help="dataset helpers")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    demo = data_sub.add_parser("demo", help="generate the demo dataset (skipped if present and intact)")
+    demo.add_argument("--dest", default="data/demo")
+    demo.add_argument("--dvc", action="store_true", help="also `dvc add` it (and push to the default remote)")
+    demo.set_defaults(func=_cmd_data_demo)
+
+    ui = sub.add_parser("ui", help="run the MLflow UI on the configured tracking store")
+    with_params(ui)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(func=_cmd_ui)
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+
+    load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
+    from flows.train import train_flow  # imports Prefect: only for the commands that need it
+
+    result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir)
+    m = result.metrics
+    print()
+    print(f"MLflow run   {result.run_id}  ({result.run_name}, experiment {result.experiment!r})")
+    print(f"mAP50        {m.get('mAP50', float('nan')):.4f}")
+    print(f"mAP50-95     {m.get('mAP50-95', float('nan')):.4f}")
+    print(f"run dir      {result.run_dir}")
+    print(f"tracking     {result.tracking_uri}")
+    print("open the UI  trainyard ui   (then http://127.0.0.1:5000)")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+    from tasks.validate import format_problems, validate_dataset
+
+    if args.data:
+        root = Path(args.data)
+    else:
+        root = load_params(args.params, args.overrides).data_source
+    report = validate_dataset(root, max_listed=args.max_listed)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not report.ok:
+        n = len(report.problems)
+        raise DatasetError(
+            f"dataset {root} has {n} problem{'s' if n != 1 else ''}:\n"
+            + format_problems(report.problems, args.max_listed),
+            report.problems,
+        )
+    splits = ", ".join(f"{k} {v.images} images / {v.boxes} boxes" for k, v in report.splits.items())
+    print(f"dataset {root} is valid: {report.nc} classes; {splits}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tasks.evaluate import write_metrics
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results.csv").exists():
+        raise TrainyardError(f"{run_dir} holds no results.csv; run `trainyard train --run-dir {run_dir}` first")
+    summary = write_metrics(run_dir, Path(args.metrics))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_data_demo(args: argparse.Namespace) -> int:
+    from tasks.demo_data import generate_demo_dataset
+    from tasks.version import data_version, dvc_add, dvc_push
+
+    dest = Path(args.dest)
+    if not dest.exists():
+        generate_demo_dataset(dest)
+        print(f"generated demo dataset at {dest}")
+    version = data_version(dest)
+    if version.tracked_md5 and not version.in_sync:
+        raise TrainyardError(
+            f"{dest} (md5 {version.md5}) differs from {version.dvc_file} ({version.tracked_md5}); "
+            f"remove {dest} and run `trainyard data demo` again, or `dvc checkout {dest}.dvc`"
+        )
+    print(f"{dest}: md5 {version.md5}" + (" (matches its .dvc file)" if version.tracked_md5 else ""))
+    if args.dvc:
+        repo = Path.cwd()
+        dvc_add(dest, repo)
+        dvc_push([f"{dest}.dvc"], repo)
+        print(f"{dest} is DVC-tracked ({dest}.dvc) and pushed to the default remote")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+    from tasks.track import default_artifact_root, resolve_tracking_uri
+
+    params = load_params(args.params, args.overrides)
+    uri, _ = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    if uri.startswith(("http://", "https://")):
+        print(f"runs are on a tracking server: open {uri}")
+        return 0
+    mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if mlflow is None:
+        raise TrainyardError("the mlflow command is not installed; run `make venv`")
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    artifacts = default_artifact_root(uri, params.base_dir)
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop")
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

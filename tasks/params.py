@@ -1,0 +1,382 @@
+"""params.yaml: load, check, override, flatten and hash.
+
+params.yaml is the single source of truth for `trainyard run` and `dvc repro` alike, so
+a typo must never be silently ignored: an unknown key or a value of the wrong type is
+rejected with a message naming the key, the file and the valid form.
+
+The ``train`` section is passed to Ultralytics verbatim, so it is checked against
+Ultralytics' own ``cfg/default.yaml`` (read from the installed package without importing
+it, which would pull in torch).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tasks.errors import ParamsError
+
+# Ultralytics keys that trainyard owns: it sets them itself from other sections, and a
+# user value would silently send output or data somewhere trainyard does not track.
+OWNED_TRAIN_KEYS: dict[str, str] = {
+    "data": "set data.source instead; trainyard stages and validates it first",
+    "project": "trainyard gives each run its own output directory",
+    "name": "trainyard gives each run its own output directory",
+    "exist_ok": "trainyard gives each run its own output directory",
+    "mode": "trainyard always trains",
+    "resume": "trainyard decides when to resume a run",
+}
+
+# Ultralytics keys whose default in cfg/default.yaml does not show every valid type.
+# Each entry: accepted Python types and the valid form as the user should read it.
+_TRAIN_TYPE_EXCEPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
+    "imgsz": ((int, list), "an integer like 640 or a list [height, width]"),
+    "batch": ((int, float), "an integer batch size, -1 for auto, or a fraction of GPU memory like 0.7"),
+    "device": ((str, int, list, type(None)), "cpu, a GPU index like 0, a list like [0, 1], or '0,1'"),
+    "pretrained": ((bool, str), "true, false, or a path to weights"),
+    "cache": ((bool, str), "false, true, 'ram' or 'disk'"),
+    "freeze": ((int, list, type(None)), "null, a number of layers, or a list of layer indices"),
+    "classes": ((int, list, type(None)), "null or a list of class ids"),
+    "time": ((int, float, type(None)), "null or hours as a number"),
+    "model": ((str,), "a YOLO11 yaml like yolo11n.yaml, or a path to a local .pt file"),
+    "multi_scale": ((bool, int, float), "false, or a scale range as a number"),
+}
+
+_TYPE_WORDS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One trainyard-owned key: accepted types, default, and the valid form for messages."""
+
+    types: tuple[type, ...]
+    default: Any
+    form: str
+    check: Callable[[Any], str | None] | None = None  # returns a problem, or None
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _non_empty(value: Any) -> str | None:
+    return None if str(value).strip() else "must not be empty"
+
+
+# The trainyard sections (everything but ``train``). Keep in step with params.yaml comments.
+SCHEMA: dict[str, dict[str, _Key]] = {
+    "data": {
+        "source": _Key((str,), "data/demo", "a path to a YOLO dataset directory holding data.yaml", _non_empty),
+    },
+    "stage": {
+        "root": _Key((str, type(None)), None, "a directory on local SSD or tmpfs, or null for ~/.cache/trainyard/stage"),
+    },
+    "runner": {
+        "kind": _Key((str,), "local", "local", _one_of("local")),
+    },
+    "tracking": {
+        "uri": _Key((str, type(None)), None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store"),
+        "experiment": _Key((str,), "trainyard", "an MLflow experiment name", _non_empty),
+        "run_name": _Key((str, type(None)), None, "a run name, or null for model-data-params"),
+    },
+}
+SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "tracking")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Checked parameters. ``train`` holds Ultralytics arguments exactly as given."""
+
+    data: dict[str, Any]
+    stage: dict[str, Any]
+    train: dict[str, Any]
+    runner: dict[str, Any]
+    tracking: dict[str, Any]
+    path: Path  # the params.yaml these came from; relative paths resolve against its folder
+    overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved parameters (file + overrides), as they would read in params.yaml."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in SECTIONS}
+
+    def flat(self) -> dict[str, str]:
+        """``section.key`` -> string, for MLflow params (which are flat strings)."""
+        return flatten(self.as_dict())
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def data_source(self) -> Path:
+        return self.resolve_path(self.data["source"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.train.get("seed", ultralytics_defaults().get("seed", 0)))
+
+    def model_ref(self) -> str:
+        """``train.model`` as Ultralytics should get it: a resolved local path, or a built-in yaml name.
+
+        A missing ``.pt`` is an error here, not a download: Ultralytics would fetch
+        "yolo11n.pt" from the internet, which training machines often cannot reach.
+        """
+        model = str(self.train["model"])
+        local = self.resolve_path(model)
+        if local.exists():
+            return str(local)
+        if model.endswith(".pt"):
+            raise ParamsError(
+                f"{self.path}: train.model = {model!r}: no such file ({local}); trainyard never downloads "
+                "weights: give a local .pt path, or a YOLO11 yaml such as yolo11n.yaml to train from scratch"
+            )
+        if not model.endswith((".yaml", ".yml")):
+            raise ParamsError(
+                f"{self.path}: train.model = {model!r}: valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]}"
+            )
+        return model
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.as_dict(), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, type(None), bool)) else str(value)
+    return out
+
+
+def params_hash(params: Params) -> str:
+    """sha256 over what shapes the model: the ``train`` section (and a local .pt's content).
+
+    Paths, tracking and staging settings are left out on purpose: moving a dataset or
+    pointing at another MLflow server must not make two identical trainings look different.
+    The data itself is covered by the data hash.
+    """
+    payload: dict[str, Any] = {"train": params.train}
+    model = str(params.train.get("model", ""))
+    if model.endswith(".pt"):
+        payload["model_sha256"] = _file_sha256(Path(params.model_ref()))
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read, check and apply ``--set section.key=value`` overrides; raise ParamsError on any problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    except FileNotFoundError:
+        raise ParamsError(f"{where}: file not found (run trainyard from the project folder or pass --params PATH)") from None
+    except OSError as exc:
+        raise ParamsError(f"{where}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{where}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    tree = copy.deepcopy(raw)
+    origins: dict[str, str] = {}
+    for override in overrides:
+        section, key = _apply_override(tree, override)
+        origins[f"{section}.{key}"] = override
+    try:
+        return _check(tree, path.resolve(), where, tuple(overrides))
+    except ParamsError as exc:
+        # Point at the --set that caused it, not at a params.yaml that is fine.
+        culprit = next((text for dotted, text in origins.items() if f" {dotted} " in f" {exc} " or f"'{dotted}'" in str(exc)), None)
+        if culprit is None:
+            raise
+        raise ParamsError(f"{exc} (from --set {culprit})") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``train.epochs=3`` -> ("train", "epochs", 3). Values are YAML, so 3 is an int, true a bool."""
+    if "=" not in text:
+        raise ParamsError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=3")
+    dotted, _, value_text = text.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not dot or not section or not key or "." in key:
+        raise ParamsError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=3")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text  # not YAML: take the text as a string, the type check decides
+    return section, key, value
+
+
+def _apply_override(tree: dict[str, Any], text: str) -> tuple[str, str]:
+    section, key, value = parse_override(text)
+    if section not in SECTIONS:
+        raise ParamsError(f"--set {text!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+    current = tree.setdefault(section, {})
+    if current is None:
+        current = tree[section] = {}
+    if not isinstance(current, dict):
+        raise ParamsError(f"--set {text!r}: section {section!r} in params.yaml is not a mapping")
+    current[key] = value
+    return section, key
+
+
+def _check(tree: dict[str, Any], path: Path, where: str, overrides: tuple[str, ...]) -> Params:
+    unknown = [s for s in tree if s not in SECTIONS]
+    if unknown:
+        raise ParamsError(_unknown(where, unknown[0], SECTIONS, "section"))
+    sections: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        body = tree.get(name)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ParamsError(f"{where}: section '{name}' must be a mapping of key: value")
+        sections[name] = body
+    checked: dict[str, dict[str, Any]] = {}
+    for name, keys in SCHEMA.items():
+        checked[name] = _check_section(name, sections[name], keys, where)
+    checked["train"] = _check_train(sections["train"], where)
+    return Params(path=path, overrides=overrides, **checked)
+
+
+def _check_section(name: str, body: dict[str, Any], keys: dict[str, _Key], where: str) -> dict[str, Any]:
+    for key in body:
+        if key not in keys:
+            raise ParamsError(_unknown(where, f"{name}.{key}", [f"{name}.{k}" for k in keys], "key"))
+    out: dict[str, Any] = {}
+    for key, spec in keys.items():
+        value = body.get(key, spec.default)
+        if not _is_type(value, spec.types):
+            raise ParamsError(_wrong_type(where, f"{name}.{key}", value, spec.form))
+        if spec.check is not None and value is not None:
+            problem = spec.check(value)
+            if problem:
+                raise ParamsError(f"{where}: {name}.{key} = {value!r} {problem} (valid form: {spec.form})")
+        out[key] = value
+    return out
+
+
+def _check_train(body: dict[str, Any], where: str) -> dict[str, Any]:
+    defaults = ultralytics_defaults()
+    for key, value in body.items():
+        if key in OWNED_TRAIN_KEYS:
+            raise ParamsError(f"{where}: train.{key} is set by trainyard ({OWNED_TRAIN_KEYS[key]}); remove it")
+        if key not in defaults:
+            raise ParamsError(
+                _unknown(where, f"train.{key}", [f"train.{k}" for k in defaults], "Ultralytics argument")
+                + " (train takes Ultralytics' own argument names, see ultralytics/cfg/default.yaml)"
+            )
+        types, form = _train_type(key, defaults[key])
+        if float in types and isinstance(value, str):
+            value = body[key] = _yaml11_float(value)
+        if types and not _is_type(value, types):
+            raise ParamsError(_wrong_type(where, f"train.{key}", value, form))
+    if not str(body.get("model") or "").strip():
+        raise ParamsError(f"{where}: train.model is required (valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]})")
+    return dict(body)
+
+
+def _train_type(key: str, default: Any) -> tuple[tuple[type, ...], str]:
+    if key in _TRAIN_TYPE_EXCEPTIONS:
+        return _TRAIN_TYPE_EXCEPTIONS[key]
+    if default is None:
+        return (), "any value"  # Ultralytics leaves these open; it checks them itself
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), f"an integer like {default}"
+    if isinstance(default, float):
+        return (int, float), f"a number like {default}"
+    if isinstance(default, str):
+        return (str,), f"a string like {default!r}"
+    return (type(default),), _TYPE_WORDS.get(type(default), type(default).__name__)
+
+
+def _yaml11_float(text: str) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; a number key means the number."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _is_type(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is a subclass of int in Python, but `epochs: true` is a typo, not a count
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def _wrong_type(where: str, key: str, value: Any, form: str) -> str:
+    return f"{where}: {key} = {value!r} has the wrong type ({type(value).__name__}); valid form: {form}"
+
+
+def _unknown(where: str, key: str, valid: list[str] | tuple[str, ...], what: str) -> str:
+    # match bare names: the shared "train." prefix would make any two keys look alike
+    bare = {v.rpartition(".")[2]: v for v in valid}
+    guess = difflib.get_close_matches(key.rpartition(".")[2], list(bare), n=1)
+    hint = f"; did you mean '{bare[guess[0]]}'?" if guess else ""
+    listing = "" if len(valid) > 12 else f" Valid: {', '.join(valid)}."
+    return f"{where}: unknown {what} '{key}'{hint}{listing}"
+
+
+_DEFAULTS_CACHE: dict[str, Any] | None = None
+
+
+def ultralytics_defaults() -> dict[str, Any]:
+    """Ultralytics' cfg/default.yaml as a dict, read from the installed package's files."""
+    global _DEFAULTS_CACHE
+    if _DEFAULTS_CACHE is None:
+        spec = importlib.util.find_spec("ultralytics")  # locates the package without importing torch
+        if spec is None or not spec.submodule_search_locations:
+            raise ParamsError("ultralytics is not installed; run `make venv` (or pip install -r requirements.lock)")
+        cfg = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
+        _DEFAULTS_CACHE = yaml.safe_load(cfg.read_text())
+    return dict(_DEFAULTS_CACHE)

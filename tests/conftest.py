@@ -1,0 +1,133 @@
+"""Shared fixtures: real servers started once per session on free loopback ports.
+
+- ``mlflow_server``: a real ``mlflow server`` (SQLite backend, proxied artifacts).
+- ``prefect_api``: Prefect's test harness (a real, temporary Prefect API on SQLite).
+- ``tiny_dataset``: a small generated YOLO dataset (the demo generator, fewer/smaller images).
+Servers are stopped by the fixtures themselves; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from tasks.demo_data import DemoSpec, generate_demo_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+TINY = DemoSpec(train_images=16, val_images=8, size=64, seed=1)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    cmd = [
+        str(VENV_BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=180, proc=proc)
+        yield uri
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid dataset; tests must not modify it (copy it first)."""
+    return generate_demo_dataset(tmp_path_factory.mktemp("data") / "tiny", TINY)
+
+
+@pytest.fixture
+def yolo_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fresh Ultralytics settings (all integrations on, as on a new machine) in a temp dir."""
+    path = tmp_path / "ultralytics-config"
+    path.mkdir()
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(path))
+    return path
+
+
+def write_params(path: Path, data_source: Path, *, tracking_uri: str | None, experiment: str,
+                 stage_root: Path, **train: object) -> Path:
+    """A params.yaml for fast CPU runs: yolo11n from scratch at imgsz 64."""
+    params = {
+        "data": {"source": str(data_source)},
+        "stage": {"root": str(stage_root)},
+        "train": {
+            "model": "yolo11n.yaml", "epochs": 2, "imgsz": 64, "batch": 8, "device": "cpu",
+            "workers": 0, "seed": 0, "deterministic": True, "plots": True, **train,
+        },
+        "runner": {"kind": "local"},
+        "tracking": {"uri": tracking_uri, "experiment": experiment},
+    }
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def copy_dataset(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    for p in dest.rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
+    return dest
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -1,0 +1,57 @@
+"""The trainyard CLI: one clear message and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tests.conftest import copy_dataset, write_params
+
+
+def test_validate_lists_every_problem_with_file_and_line(tmp_path: Path, tiny_dataset: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    labels = sorted((data / "labels" / "val").glob("*.txt"))
+    labels[0].write_text("0 0.5 0.5 0.2\n")
+    labels[1].write_text("1 1.7 0.5 0.2 0.2\n")
+    report = tmp_path / "report.json"
+    code = main(["validate", "--data", str(data), "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("trainyard: error: dataset") and "2 problems" in err
+    assert f"labels/val/{labels[0].name}:1:" in err and f"labels/val/{labels[1].name}:1:" in err
+    assert json.loads(report.read_text())["problem_count"] == 2
+
+
+def test_validate_ok_prints_counts(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--data", str(tiny_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out and "train 16 images" in out and "val 8 images" in out
+
+
+def test_run_rejects_a_typo_before_starting_anything(tmp_path: Path, tiny_dataset: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
+                          stage_root=tmp_path / "stage")
+    code = main(["run", "--params", str(params), "--set", "train.epoch=3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.epoch" in err and "did you mean 'train.epochs'" in err and "--set train.epoch=3" in err
+    assert not (tmp_path / "stage").exists() and not (tmp_path / "runs").exists()
+
+
+def test_run_refuses_weights_it_would_have_to_download(tmp_path: Path, tiny_dataset: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
+                          stage_root=tmp_path / "stage", model="yolo11n.pt")
+    code = main(["train", "--params", str(params), "--run-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "yolo11n.pt" in err and "never downloads" in err
+
+
+def test_evaluate_without_a_run_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 1
+    assert "trainyard train --run-dir" in capsys.readouterr().err
