@@ -24,7 +24,7 @@ from tasks.stage import StagedDataset, stage_local
 from tasks.track import Tracker, backfill_epochs, default_artifact_root, iter_artifacts, resolve_tracking_uri
 from tasks.train import TrainJob, prepare_run_dir
 from tasks.validate import ValidationReport, ensure_valid
-from tasks.version import code_version
+from tasks.version import code_root, code_version
 
 # Files of a run directory that go to MLflow, beside the weights.
 ARTIFACT_PATTERNS = ("results.csv", "args.yaml", "params.yaml", "metrics.json", "data.yaml", "job.json", "*.png", "*.jpg")
@@ -50,7 +50,7 @@ stage_task = task(stage_local, name="stage", retries=2, retry_delay_seconds=5, c
 
 @task(name="reproduction-key", cache_policy=NO_CACHE)
 def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner) -> ReproKey:
-    code = code_version(params.base_dir)
+    code = code_version(code_root())
     env = runner.environment()
     return ReproKey(
         data_hash=staged.md5,

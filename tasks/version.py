@@ -49,6 +49,7 @@ from tasks.errors import VersioningError
 
 __all__ = [
     "CodeVersion",
+    "code_root",
     "DataVersion",
     "code_version",
     "data_version",
@@ -250,6 +251,15 @@ def _exclude_pathspecs(ignore: tuple[str, ...]) -> list[str]:
         else:
             specs.append(f":(exclude,glob)**/{pattern}")
     return specs
+
+
+def code_root() -> Path:
+    """The checkout holding the code that runs (the ``tasks`` package), i.e. what trains.
+
+    Not the folder of params.yaml: params and data have hashes of their own, and a
+    params file kept elsewhere must not make the code look unversioned.
+    """
+    return Path(__file__).resolve().parent.parent
 
 
 def code_version(

@@ -60,7 +60,8 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
     generate_demo_dataset(repo / "data" / "demo", TINY)
 
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server,
-           "PREFECT_HOME": str(tmp_path / "prefect"), "CI": "true", "DVC_NO_ANALYTICS": "1"}
+           "PREFECT_HOME": str(tmp_path / "prefect"), "CI": "true", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(repo)}  # run the clone's code, so its commit is the code commit
     env.pop("PYTEST_CURRENT_TEST", None)
     _git(repo, "init", "-q", "-b", "main")
     subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
