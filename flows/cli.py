@@ -87,6 +87,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tasks.params import load_params
 
     load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
+    # The ephemeral Prefect API's telemetry heartbeat races its own SQLite migrations on first
+    # use (a "database is locked" traceback in the middle of the demo) and phones home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
     result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir)

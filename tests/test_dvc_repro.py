@@ -74,6 +74,9 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
         assert f"Running stage '{stage}'" in first, first[-3000:]
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and "mAP50" in metrics
+    shown = subprocess.run([str(VENV_BIN / "dvc"), "metrics", "show", "--json"], cwd=repo, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert '"mAP50"' in shown and '"mAP50-95"' in shown, shown
     run = json.loads((repo / "runs" / "dvc" / "run.json").read_text())
     record = Tracker(mlflow_server).get_run(run["run_id"])
     assert record.status == "FINISHED"

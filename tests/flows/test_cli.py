@@ -55,3 +55,25 @@ def test_run_refuses_weights_it_would_have_to_download(tmp_path: Path, tiny_data
 def test_evaluate_without_a_run_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 1
     assert "trainyard train --run-dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ui_serves_the_local_store(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import VENV_BIN, free_port, wait_http
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
+                          stage_root=tmp_path / "stage")
+    port = free_port()
+    proc = subprocess.Popen([str(VENV_BIN / "trainyard"), "ui", "--params", str(params), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc)
+        assert (tmp_path / "mlflow.db").exists()  # the store beside params.yaml, as documented
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -1,0 +1,61 @@
+"""The MLflow seam against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import TrackingError
+from tasks.track import Tracker, backfill_epochs, metric_name, read_results_csv, resolve_tracking_uri
+from tests.conftest import free_port
+
+RESULTS = """\
+                  epoch,                   time,         train/box_loss,   metrics/mAP50(B),   lr/pg0
+                      1,                 2.1357,                 3.1,               0.01,      0.001
+                      2,                 4.2001,                 2.9,               0.05,      0.002
+                      3,                 6.3000,                 2.7,               0.10,      0.003
+"""
+
+
+def test_metric_names_follow_ultralytics_mlflow_convention() -> None:
+    assert metric_name("metrics/mAP50-95(B)") == "metrics/mAP50-95B"
+    assert metric_name("train/box_loss") == "train/box_loss"
+
+
+def test_results_csv_is_read_as_numbers_without_wall_time(tmp_path: Path) -> None:
+    (tmp_path / "results.csv").write_text(RESULTS)
+    rows = read_results_csv(tmp_path / "results.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and "time" not in rows[0]
+    assert rows[2]["metrics/mAP50(B)"] == pytest.approx(0.10)
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path)[0] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("http://a:5000", tmp_path) == ("http://a:5000", "params.yaml tracking.uri")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://b:5000")
+    assert resolve_tracking_uri("http://a:5000", tmp_path)[0] == "http://b:5000"
+
+
+@pytest.mark.slow
+def test_backfill_logs_exactly_the_missing_epochs(tmp_path: Path, mlflow_server: str) -> None:
+    tracker = Tracker(mlflow_server)
+    run_id = tracker.start_run("track-test", "backfill", tags={"t": "1"}, params={"train.epochs": "3"})
+    tracker.log_metrics(run_id, {"train/box_loss": 3.1, "metrics/mAP50(B)": 0.01, "lr/pg0": 0.001}, step=1)
+    (tmp_path / "results.csv").write_text(RESULTS)
+    assert backfill_epochs(tracker, run_id, tmp_path / "results.csv") == 2
+    assert tracker.metric_history(run_id, "metrics/mAP50(B)") == [(1, 0.01), (2, 0.05), (3, 0.10)]
+    assert backfill_epochs(tracker, run_id, tmp_path / "results.csv") == 0  # idempotent
+    tracker.end_run(run_id)
+    record = tracker.get_run(run_id)
+    assert record.status == "FINISHED" and record.params == {"train.epochs": "3"} and record.name == "backfill"
+
+
+def test_unreachable_server_fails_fast_with_the_uri(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="not reachable") as info:
+        Tracker(dead).ping()
+    assert dead in str(info.value) and time.monotonic() - started < 10
