@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--max-listed", type=int, default=20, help="problems to list before summarising (default 20)")
     val.set_defaults(func=_cmd_validate)
 
+    st = sub.add_parser("stage", help="stage data.source into the verified local cache and print where")
+    with_params(st)
+    st.add_argument("--source", default=None, help="stage this instead of data.source (s3://bucket/prefix or a path)")
+    st.add_argument("--root", default=None, help="stage.root to use instead of params.yaml's")
+    st.add_argument("--verify", action="store_true", help="re-hash the staged copy even if the source looks unchanged")
+    st.add_argument("--json", action="store_true", help="print one JSON object (path, md5, files, bytes, reused, seconds)")
+    st.add_argument("--record", default=None, metavar="FILE",
+                    help="write {md5, source, files, bytes} to FILE (the dvc.yaml stage output)")
+    st.set_defaults(func=_cmd_stage)
+
     ev = sub.add_parser("evaluate", help="write metrics.json from a finished run directory")
     ev.add_argument("--run-dir", required=True)
     ev.add_argument("--metrics", default="metrics.json", help="where to write (default: metrics.json)")
@@ -74,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dest", default="data/demo")
     demo.add_argument("--dvc", action="store_true", help="also `dvc add` it (and push to the default remote)")
     demo.set_defaults(func=_cmd_data_demo)
+    snap = data_sub.add_parser("snapshot", help="turn the staged data.source into a DVC-tracked version in data/NAME")
+    with_params(snap)
+    snap.add_argument("name", help="folder name under data/ (the new data.source)")
+    snap.add_argument("--no-push", action="store_true", help="only dvc add; do not push to the default remote")
+    snap.set_defaults(func=_cmd_data_snapshot)
 
     ui = sub.add_parser("ui", help="run the MLflow UI on the configured tracking store")
     with_params(ui)
@@ -90,6 +105,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The ephemeral Prefect API's telemetry heartbeat races its own SQLite migrations on first
     # use (a "database is locked" traceback in the middle of the demo) and phones home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # First use creates its database (tens of seconds on a busy 2-core box); Prefect's 20 s
+    # default would fail a training that never even started.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
     result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir)
@@ -109,9 +127,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from tasks.validate import format_problems, validate_dataset
 
     if args.data:
-        root = Path(args.data)
-    else:
-        root = load_params(args.params, args.overrides).data_source
+        root, label = Path(args.data), args.data
+    else:  # what training would read: the staged copy of data.source (a no-op when already staged)
+        from tasks.stage import stage_from_params
+
+        staged = stage_from_params(load_params(args.params, args.overrides))
+        root, label = staged.path, staged.source
     report = validate_dataset(root, max_listed=args.max_listed)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +140,67 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not report.ok:
         n = len(report.problems)
         raise DatasetError(
-            f"dataset {root} has {n} problem{'s' if n != 1 else ''}:\n"
+            f"dataset {label} has {n} problem{'s' if n != 1 else ''}:\n"
             + format_problems(report.problems, args.max_listed),
             report.problems,
         )
     splits = ", ".join(f"{k} {v.images} images / {v.boxes} boxes" for k, v in report.splits.items())
-    print(f"dataset {root} is valid: {report.nc} classes; {splits}")
+    print(f"dataset {label} is valid: {report.nc} classes; {splits}")
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+    from tasks.stage import stage_from_params
+
+    overrides = list(args.overrides)
+    if args.source:
+        overrides.append(f"data.source={args.source}")
+    if args.root:
+        overrides.append(f"stage.root={args.root}")
+    params = load_params(args.params, overrides)
+    staged = stage_from_params(params, verify=True if args.verify else None, progress=not args.json)
+    summary = {"path": str(staged.path), "md5": staged.md5, "source": staged.source, "files": staged.files,
+               "bytes": staged.bytes, "reused": staged.reused, "seconds": staged.seconds}
+    if args.record:
+        record = {k: summary[k] for k in ("md5", "source", "files", "bytes")}  # stable: no paths, no timings
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.record).write_text(json.dumps(record, indent=2) + "\n")
+    for note in staged.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        how = "already staged" if staged.reused else "staged"
+        print(f"{staged.source}: {how} {staged.files} files ({staged.bytes / 1e6:.1f} MB) in {staged.seconds:.2f} s")
+        print(f"  md5  {staged.md5}\n  path {staged.path}")
+    return 0
+
+
+def _cmd_data_snapshot(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+    from tasks.stage import stage_from_params
+    from tasks.version import dvc_add, dvc_push
+
+    params = load_params(args.params, args.overrides)
+    staged = stage_from_params(params)
+    dest = params.base_dir / "data" / args.name
+    if dest.exists():
+        raise TrainyardError(f"{dest} already exists; choose another name or remove it")
+    tmp = dest.with_name(f".{args.name}.snapshot-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(staged.path, tmp, ignore=shutil.ignore_patterns(".trainyard-*", "*.cache"))
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
+    tmp.rename(dest)
+    md5 = dvc_add(dest, params.base_dir)
+    if md5 != staged.md5:
+        raise TrainyardError(f"dvc recorded {md5} for {dest}, but the staged copy is {staged.md5}")
+    if not args.no_push:
+        dvc_push([f"{dest}.dvc"], params.base_dir)
+    rel = dest.relative_to(params.base_dir)
+    print(f"{staged.source} -> {rel} ({md5}); commit {rel}.dvc and set data.source: {rel}")
     return 0
 
 

@@ -20,7 +20,7 @@ from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
 from tasks.repro_key import ReproKey, run_name, trainyard_version
 from tasks.runners import Runner, make_runner
-from tasks.stage import StagedDataset, stage_local
+from tasks.stage import StagedDataset, cache_from_params, stage_from_params
 from tasks.track import Tracker, backfill_epochs, default_artifact_root, iter_artifacts, resolve_tracking_uri
 from tasks.train import TrainJob, prepare_run_dir
 from tasks.validate import ValidationReport, ensure_valid
@@ -41,11 +41,18 @@ class TrainResult:
     key: dict[str, Any]
 
 
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Bad input fails the same way on every try; retry only what may pass a moment later."""
+    exc = getattr(state, "data", None)
+    return not isinstance(exc, TrainyardError) or exc.transient
+
+
 # Retries only where a second try can help: reading a network source, talking to a
 # tracking server. Validation and training are deterministic: a retry repeats the failure.
 load_params_task = task(load_params, name="load-params", cache_policy=NO_CACHE)
 validate_task = task(ensure_valid, name="validate", cache_policy=NO_CACHE)
-stage_task = task(stage_local, name="stage", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+stage_task = task(stage_from_params, name="stage", retries=2, retry_delay_seconds=5,
+                  retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 
 
 @task(name="reproduction-key", cache_policy=NO_CACHE)
@@ -66,13 +73,14 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
-def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport) -> tuple[str, str]:
+def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport,
+                   staged: StagedDataset) -> tuple[str, str]:
     tracker = Tracker(tracking_uri)
     tracker.ping()
     name = params.tracking["run_name"] or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
     tags = {
         **key.tags(),
-        "trainyard.data_source": str(params.data["source"]),
+        "trainyard.data_source": staged.source,
         "trainyard.overrides": " ".join(params.overrides),
         "trainyard.runner": params.runner["kind"],
         "trainyard.images_train": str(report.splits.get("train").images if "train" in report.splits else 0),
@@ -117,23 +125,26 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     logger = get_run_logger()
     params = load_params_task(params_path, tuple(overrides or ()))
     train_args = _train_args(params)
-    report = validate_task(params.data_source)
-    logger.info("dataset %s is valid: %s", params.data["source"], {k: v.images for k, v in report.splits.items()})
-    stage_root = params.resolve_path(params.stage["root"]) if params.stage["root"] else None
-    staged = stage_task(params.data_source, stage_root)
-    logger.info("staged %s (%d files) at %s%s", staged.md5, staged.files, staged.path, " (reused)" if staged.reused else "")
+    staged = stage_task(params)
+    logger.info("staged %s (%d files, %.1f MB) at %s%s in %.1f s", staged.md5, staged.files, staged.bytes / 1e6,
+                staged.path, " (reused)" if staged.reused else "", staged.seconds)
+    for note in staged.notes:
+        logger.warning(note)
+    report = validate_task(staged.path, label=staged.source)
+    logger.info("dataset %s is valid: %s", staged.source, {k: v.images for k, v in report.splits.items()})
     runner = make_runner(params.runner["kind"])
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
     logger.info("tracking at %s (%s)", tracking_uri, uri_from)
     fixed_dir = prepare_run_dir(Path(run_dir).resolve()) if run_dir else None  # refuse before opening a run
-    run_id, name = start_run_task(params, key, tracking_uri, report)
+    run_id, name = start_run_task(params, key, tracking_uri, report, staged)
     out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
     try:
         (out / "params.yaml").write_text(params.to_yaml())
         data_yaml = staged.training_yaml(out / "data.yaml")
         job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args)
-        train_task(runner, job, tracking_uri, run_id)
+        with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
+            train_task(runner, job, tracking_uri, run_id)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:

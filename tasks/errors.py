@@ -8,6 +8,7 @@ bugs (anything else) still show their traceback.
     ├── ParamsError          params.yaml or a --set override is malformed
     ├── DatasetError         the dataset is missing or broken (validation problems)
     ├── DataSourceError      the data source cannot be read or staged
+    │   └── TransientSourceError   ... for a reason a later retry may not meet
     ├── VersioningError      DVC / git could not answer (hashes, dvc add)
     ├── TrackingError        the MLflow tracking server or store failed
     └── RunnerError          the training child process (or container) could not run
@@ -21,6 +22,7 @@ class TrainyardError(Exception):
     """Base class: a problem the user can act on; the message says what and where."""
 
     exit_code: int = 1
+    transient: bool = False  # True when the same call may succeed a moment later
 
 
 class ParamsError(TrainyardError):
@@ -43,6 +45,12 @@ class DataSourceError(TrainyardError):
     """The data source (local/NAS path, later S3 or DVC) could not be read or staged."""
 
     exit_code = 3
+
+
+class TransientSourceError(DataSourceError):
+    """The source failed in a way that may pass on a retry (server restarting, timeouts)."""
+
+    transient = True
 
 
 class VersioningError(TrainyardError):

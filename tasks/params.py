@@ -78,6 +78,10 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
 def _non_empty(value: Any) -> str | None:
     return None if str(value).strip() else "must not be empty"
 
@@ -85,10 +89,17 @@ def _non_empty(value: Any) -> str | None:
 # The trainyard sections (everything but ``train``). Keep in step with params.yaml comments.
 SCHEMA: dict[str, dict[str, _Key]] = {
     "data": {
-        "source": _Key((str,), "data/demo", "a path to a YOLO dataset directory holding data.yaml", _non_empty),
+        "source": _Key((str,), "data/demo", "s3://bucket/prefix, or a path to a dataset folder holding data.yaml", _non_empty),
+        "rev": _Key((str, type(None)), None, "a git revision for a DVC-tracked data.source, or null for the working copy"),
+        "endpoint_url": _Key((str, type(None)), None, "an S3-compatible endpoint like http://minio:9000, or null for AWS"),
+        "region": _Key((str, type(None)), None, "an AWS region like eu-west-1, or null for the AWS default chain"),
+        "profile": _Key((str, type(None)), None, "an AWS profile name, or null for the default credential chain"),
     },
     "stage": {
         "root": _Key((str, type(None)), None, "a directory on local SSD or tmpfs, or null for ~/.cache/trainyard/stage"),
+        "max_gb": _Key((int, float, type(None)), None, "a size in GB for LRU eviction, like 200, or null for no limit", _positive),
+        "verify": _Key((bool,), False, "true to re-hash a staged copy before every use, false to trust its manifest"),
+        "workers": _Key((int,), 32, "parallel downloads, like 32", _positive),
     },
     "runner": {
         "kind": _Key((str,), "local", "local", _one_of("local")),

@@ -1,31 +1,68 @@
-"""Stage a dataset into a local, content-addressed, verified cache.
+"""Stage a dataset from S3/MinIO, a local or NAS path, or DVC onto local disk, verified.
 
 Training reads a local copy, never the source: network storage starves GPUs, and
 Ultralytics writes ``labels.cache`` beside the label files, which must not land in (or
-fail on) a read-only NAS or a DVC-tracked directory. Each dataset version lives in
-``<stage.root>/<dvc md5>/`` so the data hash on the MLflow run names the exact copy.
+fail on) a read-only NAS or a DVC-tracked directory. Each version lives in the stage
+cache (tasks.stage_cache) under its DVC md5, so the data hash on the MLflow run names
+the exact copy that trained, and for DVC-tracked data it *is* the DVC version.
 
-Publishing is atomic: files are copied into a temporary directory under the cache root,
-re-hashed, and only then renamed into place; a crash leaves no directory that looks
-complete. This module handles local and NAS paths; remote sources plug in here.
+Warm path: the source is listed (names, sizes, mtimes or ETags) and the listing's
+fingerprint looked up in the cache index; an unchanged source is not re-hashed.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
-import stat
-import tempfile
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
 from tasks.errors import DataSourceError
-from tasks.version import dir_manifest, dvc_dir_md5, manifest_md5
+from tasks.stage_cache import Manifest, StageCache, check_relpath
+from tasks.version import dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
 
-MANIFEST = ".trainyard-manifest.json"
+if TYPE_CHECKING:
+    from tasks.params import Params
+
+Progress = Callable[[int, int], None]  # (files done, bytes done), cumulative
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a dataset comes from (``data.*`` in params.yaml)."""
+
+    kind: str  # "local" (a path, DVC-tracked or not), "dvc" (a DVC-tracked path at a git rev), "s3"
+    location: str  # a path, or s3://bucket/prefix
+    rev: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    given: str | None = None  # data.source as the user wrote it (relative paths stay relative)
+
+    @property
+    def display(self) -> str:
+        name = self.given or self.location
+        return f"{name}@{self.rev}" if self.rev else name
+
+
+def source_spec(source: str, *, base_dir: Path, rev: str | None = None, endpoint_url: str | None = None,
+                region: str | None = None, profile: str | None = None) -> SourceSpec:
+    """Classify ``data.source``: s3://… is S3; a path with ``data.rev`` set is DVC at that rev; else local."""
+    if source.startswith("s3://"):
+        if rev:
+            raise DataSourceError(f"data.rev is for DVC-tracked paths; {source} is an S3 source (remove data.rev)")
+        return SourceSpec("s3", source, None, endpoint_url, region, profile, given=source)
+    if "://" in source:
+        raise DataSourceError(f"data.source {source!r}: valid forms are s3://bucket/prefix or a local/NAS path")
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    return SourceSpec("dvc" if rev else "local", str(path), rev, given=source)
 
 
 @dataclass(frozen=True)
@@ -38,6 +75,12 @@ class StagedDataset:
     files: int
     bytes: int
     reused: bool  # True when an existing verified copy was returned
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())  # things the user should know (e.g. .dvc out of sync)
+
+    @property
+    def key(self) -> str:
+        return self.md5.removesuffix(".dir")
 
     def training_yaml(self, dest: Path) -> Path:
         """Write a data.yaml for Ultralytics at ``dest`` that points at this copy.
@@ -53,68 +96,278 @@ class StagedDataset:
         return dest
 
 
-def default_stage_root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "trainyard" / "stage"
+def stage_dataset(spec: SourceSpec, cache: StageCache, *, verify: bool = False, workers: int = 32,
+                  progress: Progress | None = None) -> StagedDataset:
+    """Stage ``spec`` into ``cache`` (or return the verified copy already there)."""
+    started = time.monotonic()
+    cache.ensure_root()
+    if spec.kind == "s3":
+        staged = _stage_s3(spec, cache, verify, workers, progress)
+    elif spec.kind == "dvc":
+        staged = _stage_dvc_rev(spec, cache, verify)
+    else:
+        staged = _stage_local(spec, cache, verify, progress)
+    cache.evict(keep=staged.key)
+    return replace(staged, seconds=round(time.monotonic() - started, 3))
 
 
 def stage_local(source: Path | str, root: Path | str | None = None) -> StagedDataset:
-    """Copy a local or NAS dataset directory into the cache (or reuse the verified copy)."""
-    source = Path(source)
+    """Stage a local or NAS directory (shorthand for tests and scripts)."""
+    return stage_dataset(SourceSpec("local", str(source)), StageCache(root))
+
+
+# ---------------------------------------------------------------------- local / NAS
+
+
+def _stage_local(spec: SourceSpec, cache: StageCache, verify: bool, progress: Progress | None) -> StagedDataset:
+    source = Path(spec.location)
+    listing = _list_local(source)
+    source_id = f"local:{source.resolve()}"
+    fingerprint = _fingerprint(listing)
+    if not verify:
+        hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+        if hit:
+            return replace(hit, notes=_dvc_sync_note(source, hit.md5))
+    with cache.writer_lock(_lock_name(source_id)):
+        if not verify:
+            hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+            if hit:
+                return replace(hit, notes=_dvc_sync_note(source, hit.md5))
+        cache.admit(sum(size for _rel, size, _m in listing), spec.display)
+        # Copy and hash in one pass (one read of a slow NAS); the copy's own bytes are hashed.
+        work = cache.partial_dir(f"fp-{fingerprint[:32]}")
+        md5s = _copy_local(source, work, listing, progress)
+        if _fingerprint(_list_local(source)) != fingerprint:
+            raise DataSourceError(f"dataset {source} changed while it was being staged; rerun to stage the new version")
+        manifest = [(rel, size, md5s[rel]) for rel, size, _mtime in listing]
+        key = manifest_md5(manifest).removesuffix(".dir")
+        version = cache.lookup(key, verify=verify)
+        reused = version is not None
+        if version is None:
+            version = cache.publish(work, key, manifest, spec.display, trusted=set(md5s))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        cache.index_put(source_id, fingerprint, key)
+    notes = _dvc_sync_note(source, f"{key}.dir")
+    return StagedDataset(version.path, f"{key}.dir", spec.display, version.files, version.bytes, reused, notes=notes)
+
+
+def _list_local(source: Path) -> list[tuple[str, int, int]]:
+    """(relpath, size, mtime_ns) of every file DVC would hash; refuses links that leave the source."""
     if not source.is_dir():
-        raise DataSourceError(f"data.source {source} is not a directory (valid form: a folder holding data.yaml)")
-    root = Path(root) if root is not None else default_stage_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataSourceError(f"stage.root {root} cannot be created: {exc.strerror}") from None
-    if not os.access(root, os.W_OK):
-        raise DataSourceError(f"stage.root {root} is not writable; set stage.root to a writable local directory")
-
-    manifest = dir_manifest(source)
-    md5 = manifest_md5(manifest)
-    size = sum(entry[1] for entry in manifest)
-    target = root / md5.removesuffix(".dir")
-    if (target / MANIFEST).exists():
-        return StagedDataset(target, md5, str(source), len(manifest), size, reused=True)
-
-    free = shutil.disk_usage(root).free
-    if free < size * 1.1 + (64 << 20):
-        raise DataSourceError(
-            f"stage.root {root} has {free >> 20} MiB free; dataset {source} needs {size >> 20} MiB plus a margin"
-        )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
-        for rel, _size, _md5 in manifest:
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, dest)
-        copied = dvc_dir_md5(tmp)
-        if copied != md5:
-            raise DataSourceError(
-                f"dataset {source} changed while it was being staged (hash {md5} before, {copied} after); retry"
-            )
-        (tmp / MANIFEST).write_text(
-            json.dumps({"md5": md5, "source": str(source), "files": [list(e) for e in manifest]}, indent=0)
-        )
-        _make_files_read_only(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if (target / MANIFEST).exists():  # another flow published the same version first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return StagedDataset(target, md5, str(source), len(manifest), size, reused=True)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return StagedDataset(target, md5, str(source), len(manifest), size, reused=False)
-
-
-def _make_files_read_only(tree: Path) -> None:
-    # Files read-only so nothing edits a published version; directories stay writable
-    # because Ultralytics writes labels.cache beside the label folders.
-    for dirpath, _dirs, files in os.walk(tree):
+        if source.exists():
+            raise DataSourceError(f"data.source {source} is not a directory (valid form: a folder holding data.yaml)")
+        raise DataSourceError(f"data.source {source} does not exist (valid form: a folder holding data.yaml)")
+    if not os.access(source, os.R_OK | os.X_OK):
+        raise DataSourceError(f"data.source {source} is not readable; check its permissions or the NAS mount")
+    real_root = source.resolve()
+    out: list[tuple[str, int, int]] = []
+    errors: list[OSError] = []
+    for dirpath, dirs, files in os.walk(source, onerror=errors.append):
+        dirs[:] = [d for d in dirs if d not in (".git", ".hg", ".dvc")]
+        for name in dirs:
+            _check_link(Path(dirpath) / name, real_root, source)
         for name in files:
-            p = Path(dirpath) / name
-            p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            full = Path(dirpath) / name
+            _check_link(full, real_root, source)
+            rel = full.relative_to(source).as_posix()
+            try:
+                st = full.stat()
+            except OSError as exc:
+                raise DataSourceError(f"cannot read {full}: {exc.strerror} (a broken link?)") from None
+            out.append((check_relpath(rel, str(source)), st.st_size, st.st_mtime_ns))
+    if errors:
+        raise DataSourceError(f"cannot list {errors[0].filename}: {errors[0].strerror}; check permissions or the NAS mount")
+    if not out:
+        raise DataSourceError(f"data.source {source} is empty (valid form: a folder holding data.yaml)")
+    return sorted(out)
+
+
+def _check_link(path: Path, real_root: Path, source: Path) -> None:
+    if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+        raise DataSourceError(f"{path} is a link to {path.resolve()}, outside data.source {source}; refusing to stage it")
+
+
+def _hash_listing(source: Path, listing: list[tuple[str, int, int]]) -> Manifest:
+    return [(rel, size, file_md5(source / rel)) for rel, size, _mtime in listing]
+
+
+def _copy_local(source: Path, work: Path, listing: list[tuple[str, int, int]],
+                progress: Progress | None) -> dict[str, str]:
+    """Copy what the work dir lacks, hashing as it goes; hash what an earlier attempt left."""
+    md5s: dict[str, str] = {}
+    done_files = done_bytes = 0
+    for rel, size, _mtime in listing:
+        dest = work / rel
+        if _present(dest, size):
+            md5s[rel] = file_md5(dest)  # resumed: trust nothing, but do not re-read the source
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            digest = hashlib.md5()  # noqa: S324 - content address (DVC's), not security
+            try:
+                with open(source / rel, "rb") as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise DataSourceError(f"cannot copy {source / rel}: {exc.strerror}") from None
+            os.replace(tmp, dest)
+            md5s[rel] = digest.hexdigest()
+        done_files += 1
+        done_bytes += size
+        if progress:
+            progress(done_files, done_bytes)
+    return md5s
+
+
+# ---------------------------------------------------------------------- DVC at a git rev
+
+
+def _stage_dvc_rev(spec: SourceSpec, cache: StageCache, verify: bool) -> StagedDataset:
+    path = Path(spec.location)
+    md5 = dvc_md5_at_rev(path, spec.rev or "HEAD")
+    key = md5.removesuffix(".dir")
+    version = cache.lookup(key, verify=verify)
+    if version is not None:
+        return StagedDataset(version.path, md5, spec.display, version.files, version.bytes, True)
+    with cache.writer_lock(key):
+        version = cache.lookup(key, verify=verify)
+        if version is not None:
+            return StagedDataset(version.path, md5, spec.display, version.files, version.bytes, True)
+        work = cache.partial_dir(key)
+        shutil.rmtree(work)
+        dvc_get(path, spec.rev or "HEAD", work)  # from the DVC cache or remote, exactly that version
+        listing = _list_local(work)
+        manifest = _hash_listing(work, listing)
+        got = manifest_md5(manifest)
+        if got != md5:
+            raise DataSourceError(f"DVC returned {got} for {spec.display}, but its .dvc file names {md5}")
+        version = cache.publish(work, key, manifest, spec.display, trusted={e[0] for e in manifest})
+    return StagedDataset(version.path, md5, spec.display, version.files, version.bytes, False)
+
+
+# ---------------------------------------------------------------------- S3
+
+
+def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, progress: Progress | None) -> StagedDataset:
+    from tasks.s3 import S3Client, parse_s3_url
+
+    loc = parse_s3_url(spec.location)
+    client = S3Client(endpoint_url=spec.endpoint_url, region=spec.region, profile=spec.profile, max_workers=workers)
+    objects = client.list_objects(loc)
+    for obj in objects:
+        check_relpath(obj.relpath, spec.location)
+    source_id = f"s3:{spec.endpoint_url or ''}:{loc.url}"
+    fingerprint = _fingerprint([(o.relpath, o.size, o.etag) for o in objects])
+    if not verify:
+        hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+        if hit:
+            return hit
+    with cache.writer_lock(_lock_name(source_id)):
+        if not verify:
+            hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+            if hit:
+                return hit
+        known = all(o.md5 for o in objects)
+        key = manifest_md5([(o.relpath, o.size, o.md5 or "") for o in objects]).removesuffix(".dir") if known else None
+        if key:
+            version = cache.lookup(key, verify=verify)
+            if version is not None:
+                cache.index_put(source_id, fingerprint, key)
+                return StagedDataset(version.path, f"{key}.dir", spec.display, version.files, version.bytes, True)
+        total = sum(o.size for o in objects)
+        cache.admit(total, spec.display, keep=key)
+        work = cache.partial_dir(key or f"fp-{fingerprint[:32]}")
+        # Resume: a file is only ever renamed into the work dir after its size (and md5, when
+        # S3 knows it) checked out, so a present file of the right size is already verified.
+        todo = [o for o in objects if not _present(work / o.relpath, o.size)]
+        md5s = client.download_many(todo, work, on_progress=progress)
+        trusted = set(md5s)
+        manifest = [(o.relpath, o.size, o.md5 or md5s.get(o.relpath) or file_md5(work / o.relpath)) for o in objects]
+        key = manifest_md5(manifest).removesuffix(".dir")
+        version = cache.lookup(key)
+        if version is None:
+            version = cache.publish(work, key, manifest, spec.display, trusted=trusted)
+            reused = False
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            reused = True
+        cache.index_put(source_id, fingerprint, key)
+    return StagedDataset(version.path, f"{key}.dir", spec.display, version.files, version.bytes, reused)
+
+
+# ---------------------------------------------------------------------- shared
+
+
+def _index_hit(cache: StageCache, source_id: str, fingerprint: str, display: str,
+               notes: tuple[str, ...]) -> StagedDataset | None:
+    key = cache.index_get(source_id, fingerprint)
+    if not key:
+        return None
+    version = cache.lookup(key)
+    if version is None:
+        return None
+    return StagedDataset(version.path, f"{key}.dir", display, version.files, version.bytes, True, notes=notes)
+
+
+def _fingerprint(listing: list[tuple[str, int, object]]) -> str:
+    h = hashlib.sha256()
+    for row in listing:
+        h.update(("\x00".join(str(v) for v in row) + "\n").encode())
+    return h.hexdigest()
+
+
+def _lock_name(source_id: str) -> str:
+    return "src-" + hashlib.sha256(source_id.encode()).hexdigest()[:32]
+
+
+def _present(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _dvc_sync_note(source: Path, md5: str | None) -> tuple[str, ...]:
+    """Say so when a DVC-tracked directory differs from the version its .dvc file names."""
+    dvc_file = source.with_name(source.name + ".dvc")
+    tracked = dvc_file_md5(dvc_file) if dvc_file.exists() else None
+    if tracked is None or md5 is None or tracked == md5:
+        return ()
+    return (f"{source} differs from {dvc_file} ({tracked}); staged the working copy {md5}. "
+            f"Run `dvc add {source}` to version it, or `dvc checkout {dvc_file}` to go back",)
+
+
+def terminal_progress(label: str) -> Progress | None:
+    """A tqdm bar (files, bytes, rate) on an interactive terminal; None in CI and pipes."""
+    if not sys.stderr.isatty() or os.environ.get("CI"):
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, desc=label, leave=False)
+
+    def update(files: int, done_bytes: int) -> None:
+        bar.update(done_bytes - bar.n)
+        bar.set_postfix(files=files, refresh=False)
+
+    return update
+
+
+def stage_from_params(params: "Params", *, verify: bool | None = None, progress: bool = True) -> StagedDataset:
+    """Stage ``data.source`` as params.yaml describes it (the flow's and the CLI's entry)."""
+    spec = source_spec(
+        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
+        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
+    )
+    cache = cache_from_params(params)
+    bar = terminal_progress(label=f"staging {spec.display}") if progress else None
+    return stage_dataset(spec, cache, verify=params.stage["verify"] if verify is None else verify,
+                         workers=params.stage["workers"], progress=bar)
+
+
+def cache_from_params(params: "Params") -> StageCache:
+    root = params.resolve_path(params.stage["root"]) if params.stage["root"] else None
+    max_gb = params.stage["max_gb"]
+    return StageCache(root, int(max_gb * 1e9) if max_gb else None)

@@ -150,14 +150,17 @@ def validate_dataset(root: Path | str, *, max_listed: int = 20) -> ValidationRep
     return ValidationReport(root_path, nc, names, split_stats, problems)
 
 
-def ensure_valid(root: Path | str, *, max_listed: int = 20) -> ValidationReport:
-    """Validate and return the report, or raise :class:`DatasetError` listing the problems."""
+def ensure_valid(root: Path | str, *, max_listed: int = 20, label: str | None = None) -> ValidationReport:
+    """Validate and return the report, or raise :class:`DatasetError` listing the problems.
+
+    ``label`` names the dataset in the message (e.g. its source, when ``root`` is a staged copy).
+    """
     report = validate_dataset(root, max_listed=max_listed)
     if not report.ok:
         count = len(report.problems)
         noun = "problem" if count == 1 else "problems"
         message = (
-            f"dataset {root} has {count} {noun} (nothing was trained):\n"
+            f"dataset {label or root} has {count} {noun} (nothing was trained):\n"
             + format_problems(report.problems, max_listed)
         )
         raise DatasetError(message, report.problems)

@@ -56,6 +56,8 @@ __all__ = [
     "dir_manifest",
     "dvc_add",
     "dvc_dir_md5",
+    "dvc_get",
+    "dvc_md5_at_rev",
     "dvc_file_md5",
     "dvc_push",
     "dvc_run",
@@ -404,3 +406,35 @@ def dvc_push(
     args += [os.fspath(t) for t in targets]
     dvc_run(args, repo)
 
+
+
+def dvc_md5_at_rev(path: Path | str, rev: str) -> str:
+    """The md5 that ``<path>.dvc`` named at git revision ``rev`` (the data version then)."""
+    path = Path(path).resolve()
+    dvc_file = path.with_name(path.name + ".dvc")
+    repo_top = _git(["rev-parse", "--show-toplevel"], path.parent)
+    if repo_top is None or repo_top.returncode != 0:
+        raise VersioningError(f"{path.parent} is not in a git repository; data.rev needs a DVC-tracked path in git")
+    top = Path(repo_top.stdout.decode().strip())
+    rel = dvc_file.relative_to(top).as_posix()
+    shown = _git(["show", f"{rev}:{rel}"], top)
+    if shown is None or shown.returncode != 0:
+        raise VersioningError(
+            f"{rel} does not exist at git revision {rev!r} in {top}; check data.rev and that the data was `dvc add`-ed"
+        )
+    data = yaml.safe_load(shown.stdout.decode()) or {}
+    try:
+        return str(data["outs"][0]["md5"])
+    except (KeyError, IndexError, TypeError):
+        raise VersioningError(f"{rel} at {rev!r} holds no outs[0].md5; is it a .dvc file?") from None
+
+
+def dvc_get(path: Path | str, rev: str, dest: Path | str) -> None:
+    """Materialise DVC-tracked ``path`` as it was at ``rev`` into ``dest`` (cache first, then the remote)."""
+    path = Path(path).resolve()
+    repo_top = _git(["rev-parse", "--show-toplevel"], path.parent)
+    if repo_top is None or repo_top.returncode != 0:
+        raise VersioningError(f"{path.parent} is not in a git repository")
+    top = Path(repo_top.stdout.decode().strip())
+    rel = path.relative_to(top).as_posix()
+    dvc_run(["get", str(top), rel, "--rev", rev, "-o", str(dest), "--force"], repo=top)

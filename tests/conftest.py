@@ -23,6 +23,8 @@ import yaml
 
 from tasks.demo_data import DemoSpec, generate_demo_dataset
 
+pytest_plugins = ["tests.s3server"]  # moto S3 server, fault proxy, AWS test environment
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 

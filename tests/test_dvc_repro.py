@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
     _git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-q", "-m", "init")
 
     first = _repro(repo, env)
-    for stage in ("validate", "train", "evaluate"):
+    for stage in ("stage", "validate", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first, first[-3000:]
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and "mAP50" in metrics
@@ -83,12 +84,22 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
     assert record.tags["trainyard.data_hash"] == dvc_file_md5(repo / "data" / "demo.dvc")
     assert record.tags["trainyard.code_commit"] == _git(repo, "rev-parse", "HEAD")
 
-    second = _repro(repo, env)
-    assert "Running stage" not in second, second[-3000:]
+    second = _repro(repo, env)  # only the cheap data check runs; the data did not change
+    assert _ran(second) == ["stage"], second[-3000:]
 
     params["train"]["epochs"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _repro(repo, env)
-    assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third, third[-3000:]
-    assert "Running stage 'validate'" not in third
+    assert _ran(third) == ["stage", "train", "evaluate"], third[-3000:]
     assert json.loads((repo / "metrics.json").read_text())["epochs"] == 2
+
+    label = sorted((repo / "data" / "demo" / "labels" / "val").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "1 0.5 0.5 0.25 0.25\n")  # the data changes: everything reruns
+    fourth = _repro(repo, env)
+    assert _ran(fourth) == ["stage", "validate", "train", "evaluate"], fourth[-3000:]
+    staged = json.loads((repo / "reports" / "staged.json").read_text())
+    assert staged["md5"] == dvc_dir_md5(repo / "data" / "demo") != record.tags["trainyard.data_hash"]
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([a-z]+)'", output)

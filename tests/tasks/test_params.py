@@ -83,7 +83,7 @@ def test_typical_file_loads_with_every_value(tmp_path: Path) -> None:
         "deterministic": True,
     }
     assert params.data["source"] == "data/demo"
-    assert params.stage == {"root": None}
+    assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
     assert params.runner == {"kind": "local"}
     assert params.tracking["uri"] is None
     assert params.tracking["experiment"] == "trainyard"
@@ -104,7 +104,7 @@ def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
     for section, keys in SCHEMA.items():
         assert getattr(params, section) == {key: spec.default for key, spec in keys.items()}, section
     assert params.data["source"] == "data/demo"
-    assert params.stage == {"root": None}
+    assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
     assert params.runner == {"kind": "local"}
     assert params.tracking == {"uri": None, "experiment": "trainyard", "run_name": None}
 
@@ -638,3 +638,15 @@ def test_flatten_encodes_none_bools_lists_as_json_and_recurses() -> None:
     flat = flatten({"a": {"b": None, "c": False, "d": [1, "x", None], "e": {"f": 2.5}}, "g": "text"})
     assert flat == {"a.b": "null", "a.c": "false", "a.d": '[1, "x", null]', "a.e.f": "2.5", "g": "text"}
     assert json.loads(flat["a.d"]) == [1, "x", None]
+
+
+def test_staging_keys_are_checked(tmp_path: Path) -> None:
+    base = {"train": {"model": "yolo11n.yaml"}}
+    with pytest.raises(ParamsError, match="stage.max_gb .* must be greater than 0"):
+        load_params(write(tmp_path, {**base, "stage": {"max_gb": 0}}))
+    with pytest.raises(ParamsError, match="stage.workers"):
+        load_params(write(tmp_path, {**base, "stage": {"workers": "many"}}))
+    with pytest.raises(ParamsError, match="did you mean 'data.endpoint_url'"):
+        load_params(write(tmp_path, {**base, "data": {"endpoint": "http://minio:9000"}}))
+    ok = load_params(write(tmp_path, {**base, "data": {"source": "s3://b/p", "endpoint_url": "http://minio:9000"}}))
+    assert ok.data["endpoint_url"] == "http://minio:9000" and ok.stage["workers"] == 32

@@ -1,0 +1,639 @@
+"""S3 / MinIO access for staging datasets: the one module of trainyard that imports boto3.
+
+Why a module of its own
+-----------------------
+Flows stage datasets from object storage onto local SSD before training (training from
+the network starves GPUs). Everything S3-specific lives here, behind a small typed API,
+so the rest of the project never sees a botocore exception: every failure becomes a
+:class:`~tasks.errors.DataSourceError` whose message names the object and says what to do.
+
+``boto3``/``botocore`` are imported lazily (inside :class:`S3Client`), never at import
+time: importing them costs ~0.3 s and most commands never touch S3.
+
+Design notes
+------------
+* **Credentials** come only from the standard AWS chain (environment variables, a
+  profile, SSO, a container/instance role) through ``boto3.Session(profile_name=...)``.
+  They are never accepted as arguments and never logged or put in messages.
+  The endpoint comes from ``endpoint_url`` or, when that is ``None``, from
+  ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` / the profile's ``endpoint_url``,
+  which botocore >= 1.31 resolves itself (MinIO and moto are reached this way).
+* **One client** per :class:`S3Client`, shared by all worker threads (botocore clients
+  are thread-safe; sessions are not, so the session is used only in the constructor).
+  Its connection pool is as large as the thread pool, because datasets are many small
+  files and throughput is bound by request latency, not bandwidth.
+* **Small objects** are fetched with ``get_object`` and a streaming read, not
+  ``download_file``: s3transfer's per-object setup (HEAD request, futures, temp file
+  bookkeeping) dominates for 30 KB images.
+* **Integrity**: every download is hashed while it streams; size and (when the ETag
+  is a plain MD5) the MD5 are checked before the file is renamed into place. The GET
+  carries ``If-Match: <listed ETag>`` so an object overwritten between listing and
+  download fails loudly instead of silently mixing two dataset versions.
+* **Retries**, two layers, both bounded:
+
+  1. botocore's ``standard`` retry mode (``max_attempts=retries``) retries each HTTP
+     request on 5xx, throttling, and connection/read timeouts, with jittered
+     exponential backoff (0.05 s * 2^n for errors, 1 s * 2^n for throttling, at most
+     20 s) and a client-wide retry quota that stops retry storms when a server is down.
+  2. :meth:`S3Client.download` / :meth:`S3Client.download_many` retry a whole object
+     download up to ``retries`` attempts with 0.2 s * 2^n backoff (+ jitter, at most
+     5 s) for what botocore cannot retry: errors while the body streams (resets,
+     truncation, read timeouts mid-body), checksum mismatches, and transient errors
+     left over after layer 1. 403/404/412 and local disk errors are never retried.
+
+  Worst case a single object therefore sees ``retries * retries`` HTTP attempts; the
+  retry quota caps this across the client when the endpoint is really gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import random
+import re
+import tempfile
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tasks.errors import DataSourceError, TransientSourceError
+
+__all__ = [
+    "ChecksumError",
+    "RemoteObject",
+    "S3Client",
+    "S3Location",
+    "etag_md5",
+    "parse_s3_url",
+]
+
+VALID_FORM = '"s3://bucket/prefix"'
+_CHUNK = 1024 * 1024
+# put_object takes bodies up to 5 GiB, but above this upload_file's multipart is faster.
+_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_BACKOFF_BASE = 0.2
+_BACKOFF_MAX = 5.0
+_CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role"
+)
+# S3 bucket naming rules (general purpose buckets): 3-63 chars of a-z, 0-9, ".", "-",
+# starting and ending with a letter or digit; not formatted like an IPv4 address.
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+# Error codes that mean "try again later" even when the HTTP status is not 5xx.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "TooManyRequestsException",
+    }
+)
+_ACCESS_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem"})
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+)
+
+
+class ChecksumError(TransientSourceError):
+    """A downloaded object's size or MD5 differs from what the listing promised.
+
+    Raised separately from other source errors because it may be transient (a
+    corrupted transfer) and is retried, and because it must never be ignored: a
+    mismatching file would silently change the dataset that gets trained on.
+    """
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix: where one dataset version lives.
+
+    ``prefix`` is normalised on construction (no leading ``/``, a trailing ``/`` unless
+    empty) so ``s3://b/data`` can never also match the sibling ``s3://b/data-old``.
+    """
+
+    bucket: str
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not _valid_bucket(self.bucket):
+            raise DataSourceError(
+                f"invalid S3 bucket name {self.bucket!r}: use 3-63 lowercase letters, digits, "
+                "'.' or '-', starting and ending with a letter or digit"
+            )
+        prefix = self.prefix.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        bad = _unsafe_reason(prefix[:-1]) if prefix else None
+        if bad:
+            raise DataSourceError(f"invalid S3 prefix {self.prefix!r}: {bad}")
+        object.__setattr__(self, "prefix", prefix)
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/prefix`` without the trailing ``/`` (parses back to the same location)."""
+        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}" if self.prefix else f"s3://{self.bucket}"
+
+    def key_url(self, key: str) -> str:
+        """The ``s3://`` URL of one key in this bucket, for messages."""
+        return f"s3://{self.bucket}/{key}"
+
+
+def parse_s3_url(url: str) -> S3Location:
+    """Parse ``s3://bucket/some/prefix`` (prefix optional) into an :class:`S3Location`.
+
+    Strict on purpose: a typo in ``data.source`` should fail here with the valid form,
+    not later as an empty listing or a request against a different bucket.
+    """
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise DataSourceError(f"not an S3 URL: {url!r}; the valid form is {VALID_FORM}")
+    rest = url[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise DataSourceError(f"S3 URL {url!r} names no bucket; the valid form is {VALID_FORM}")
+    if not _valid_bucket(bucket):
+        raise DataSourceError(
+            f"S3 URL {url!r} has an invalid bucket name {bucket!r} (3-63 lowercase letters, "
+            f"digits, '.' or '-'); the valid form is {VALID_FORM}"
+        )
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    if body:
+        bad = _unsafe_reason(body)
+        if bad:
+            raise DataSourceError(f"S3 URL {url!r} has an invalid prefix: {bad}; the valid form is {VALID_FORM}")
+    return S3Location(bucket, prefix)
+
+
+def _valid_bucket(name: str) -> bool:
+    return (
+        isinstance(name, str)
+        and _BUCKET_RE.fullmatch(name) is not None
+        and ".." not in name
+        and _IPV4_RE.fullmatch(name) is None
+    )
+
+
+def _unsafe_reason(path: str) -> str | None:
+    """Why a "/"-separated relative path is unsafe to map onto a local directory, or None."""
+    if not path:
+        return "it is empty"
+    if path.startswith("/"):
+        return "it starts with '/'"
+    if "\x00" in path:
+        return "it contains a NUL character"
+    for segment in path.split("/"):
+        if segment == "":
+            return "it has an empty path segment ('//')"
+        if segment in (".", ".."):
+            return f"it has a {segment!r} path segment"
+    return None
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def etag_md5(etag: str) -> str | None:
+    """The MD5 an ETag stands for, or None when it is not a plain MD5.
+
+    Single-part uploads get their content MD5 as ETag; multipart uploads get
+    ``<md5 of part md5s>-<parts>``, which says nothing about the bytes. (Objects
+    encrypted with SSE-KMS/SSE-C also have non-MD5 ETags; :class:`S3Client` detects
+    those from the GET response and then skips the comparison.)
+    """
+    tag = etag.strip().strip('"').lower()
+    return tag if _MD5_RE.fullmatch(tag) else None
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One listed object: what to fetch and how to verify it.
+
+    ``bucket`` is carried along (an addition to the key/relpath/size/etag/md5 the caller
+    needs) so :meth:`S3Client.download` needs nothing but the object itself.
+    """
+
+    bucket: str
+    key: str
+    relpath: str  # key relative to the listed prefix, "/"-separated, validated safe
+    size: int
+    etag: str  # without quotes
+    md5: str | None  # the ETag when it is a plain single-part MD5, else None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+# --------------------------------------------------------------------------- client
+
+
+class S3Client:
+    """A thread-safe S3 client for listing, verified downloads and test/snapshot uploads.
+
+    Construction creates one botocore client (loading its service model takes ~0.1 s);
+    reuse the instance for a whole staging run.
+    """
+
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        max_workers: int = 32,
+        retries: int = 5,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
+        if retries < 1:
+            raise ValueError("retries must be >= 1 (it counts attempts, the first included)")
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        self._exc = botocore.exceptions
+        self.max_workers = max_workers
+        self.retries = retries
+        try:
+            session = boto3.Session(profile_name=profile)
+        except botocore.exceptions.ProfileNotFound:
+            raise DataSourceError(
+                f"AWS profile {profile!r} is not configured; add it to ~/.aws/config or unset it "
+                "and use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role"
+            ) from None
+        try:
+            # Resolved once here; the client keeps (and refreshes) the same credentials.
+            self._has_credentials = session.get_credentials() is not None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise DataSourceError(
+                f"AWS credentials could not be loaded: {type(exc).__name__}; {_CREDENTIALS_HINT}"
+            ) from None
+        config = botocore.config.Config(
+            max_pool_connections=max_workers,
+            retries={"max_attempts": retries, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            # Only send checksums S3 requires: newer default trailers break many MinIO/Ceph
+            # versions. Uploads carry Content-MD5 instead (see upload_dir).
+            request_checksum_calculation="when_required",
+        )
+        try:
+            self._client: Any = session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+            raise DataSourceError(f"cannot create an S3 client for endpoint {endpoint_url!r}: {exc}") from None
+        self.endpoint: str = self._client.meta.endpoint_url
+
+    # ------------------------------------------------------------------ listing
+
+    def list_objects(self, loc: S3Location) -> list[RemoteObject]:
+        """Every object under ``loc`` (all pages), sorted by relpath, each checked safe.
+
+        Zero-byte keys ending in ``/`` are directory markers (made by consoles and some
+        sync tools) and are skipped. Any key that could not be written inside a local
+        directory (``..``/``.`` segments, ``//``, a leading ``/``, a file that is also a
+        "directory" of another key) is an error naming the key: nothing may ever be
+        written outside the staging directory, and silently dropping files would change
+        the dataset.
+        """
+        self._require_credentials(loc.url)
+        paginator = self._client.get_paginator("list_objects_v2")
+        objects: list[RemoteObject] = []
+        try:
+            for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.prefix):
+                for item in page.get("Contents", ()):
+                    obj = self._remote_object(loc, item)
+                    if obj is not None:
+                        objects.append(obj)
+        except (self._exc.ClientError, self._exc.BotoCoreError) as exc:
+            raise self._error(exc, loc.url, "listing") from None
+        if not objects:
+            raise DataSourceError(
+                f"{loc.url} holds no objects (endpoint {self.endpoint}); check the bucket and prefix"
+            )
+        objects.sort(key=lambda o: o.relpath)
+        _check_file_dir_clashes(objects)
+        return objects
+
+    def _remote_object(self, loc: S3Location, item: dict[str, Any]) -> RemoteObject | None:
+        key: str = item["Key"]
+        size = int(item.get("Size", 0))
+        relpath = key[len(loc.prefix) :] if key.startswith(loc.prefix) else key
+        if key.endswith("/") and size == 0:
+            return None  # a directory marker, including the marker equal to the prefix
+        bad = _unsafe_reason(relpath)
+        if bad:
+            raise DataSourceError(
+                f"refusing to stage {loc.key_url(key)}: its path relative to {loc.url} "
+                f"({relpath!r}) is unsafe because {bad}; rename or delete the key"
+            )
+        etag = str(item.get("ETag", "")).strip('"')
+        return RemoteObject(loc.bucket, key, relpath, size, etag, etag_md5(etag))
+
+    # ------------------------------------------------------------------ downloads
+
+    def download(self, obj: RemoteObject, dest: Path) -> str:
+        """Download one object to ``dest`` (parents created), verified; return its MD5.
+
+        Retried like :meth:`download_many`. On any failure ``dest`` is left untouched
+        (the bytes go to a temporary ``.part`` file beside it, renamed only once verified).
+        """
+        self._require_credentials(obj.url)
+        _check_relpath(obj)
+        dest = Path(dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataSourceError(f"cannot create {dest.parent} for {obj.url}: {exc.strerror or exc}") from None
+        return self._download_retrying(obj, dest, threading.Event())
+
+    def download_many(
+        self,
+        objs: Sequence[RemoteObject],
+        dest_root: Path,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, str]:
+        """Download ``objs`` concurrently to ``dest_root/<relpath>``; return relpath -> MD5.
+
+        Uses ``max_workers`` threads and one shared connection pool. Transient failures
+        are retried per object (see the module docstring); the first permanent failure
+        (or exhausted retries) cancels everything not yet started, waits for running
+        downloads to stop, and raises. Files already verified stay in place; no partial
+        file is ever left at a destination path. ``on_progress(files_done, bytes_done)``
+        is called from the calling thread after each file, with cumulative counts.
+        """
+        if not objs:
+            return {}
+        self._require_credentials(objs[0].url)
+        dest_root = Path(dest_root)
+        seen: set[str] = set()
+        parents: set[Path] = {dest_root}
+        for obj in objs:
+            _check_relpath(obj)
+            if obj.relpath in seen:
+                raise DataSourceError(f"{obj.url}: relpath {obj.relpath!r} appears twice in the objects to download")
+            seen.add(obj.relpath)
+            parents.add((dest_root / obj.relpath).parent)
+        try:
+            for parent in sorted(parents):
+                parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataSourceError(f"cannot create directories under {dest_root}: {exc.strerror or exc}") from None
+
+        stop = threading.Event()
+        results: dict[str, str] = {}
+        files_done = bytes_done = 0
+        pool = ThreadPoolExecutor(max_workers=min(self.max_workers, len(objs)), thread_name_prefix="s3-get")
+        try:
+            owner: dict[Future[str], RemoteObject] = {
+                pool.submit(self._download_retrying, obj, dest_root / obj.relpath, stop): obj for obj in objs
+            }
+            for fut in as_completed(owner):
+                md5 = fut.result()  # re-raises the worker's DataSourceError at once
+                obj = owner[fut]
+                results[obj.relpath] = md5
+                files_done += 1
+                bytes_done += obj.size
+                if on_progress is not None:
+                    on_progress(files_done, bytes_done)
+        except BaseException:
+            stop.set()  # running workers abort between chunks / before their next attempt
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    def _download_retrying(self, obj: RemoteObject, dest: Path, stop: threading.Event) -> str:
+        """Up to ``retries`` attempts with 0.2 s * 2^n backoff; permanent errors raise at once."""
+        last: BaseException | None = None
+        for attempt in range(self.retries):
+            if stop.is_set():
+                raise DataSourceError(f"download of {obj.url} cancelled after another download failed")
+            try:
+                return self._download_once(obj, dest, stop)
+            except ChecksumError as exc:
+                last = exc
+            except (self._exc.ClientError, self._exc.BotoCoreError, OSError, http.client.HTTPException) as exc:
+                if not self._transient(exc):
+                    raise self._error(exc, obj.url, "downloading") from None
+                last = exc
+            if attempt + 1 < self.retries:
+                delay = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX) * (0.5 + random.random() / 2)
+                stop.wait(delay)
+        assert last is not None
+        if isinstance(last, ChecksumError):
+            raise ChecksumError(f"{last} (still wrong after {self.retries} attempts)") from None
+        raise TransientSourceError(  # the flow's stage task retries these (and resumes)
+            f"{obj.url} could not be downloaded after {self.retries} attempts "
+            f"(endpoint {self.endpoint}); last error: {_describe(last)}"
+        ) from None
+
+    def _download_once(self, obj: RemoteObject, dest: Path, stop: threading.Event) -> str:
+        """One GET streamed to a temporary file beside ``dest``, verified, then renamed."""
+        response = self._client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        body = response["Body"]
+        # With SSE-KMS / SSE-C the ETag is not the content MD5: verify size only.
+        encrypted = response.get("ServerSideEncryption", "").startswith("aws:kms") or bool(
+            response.get("SSECustomerAlgorithm")
+        )
+        expected_md5 = None if encrypted else obj.md5
+        digest = hashlib.md5()  # noqa: S324 - content address (DVC's hash), not security
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in body.iter_chunks(_CHUNK):
+                        if stop.is_set():
+                            raise DataSourceError(f"download of {obj.url} cancelled after another download failed")
+                        digest.update(chunk)
+                        size += len(chunk)
+                        fh.write(chunk)
+            except self._exc.FlexibleChecksumError as exc:
+                # botocore checks the server's CRC (when it sent one) on the final, empty
+                # read: every byte is in ``digest`` by then, so report MD5s as usual.
+                raise ChecksumError(
+                    f"{obj.url}: checksum mismatch: expected md5 {expected_md5 or '(unknown, multipart)'}, "
+                    f"got {digest.hexdigest()} ({size} of {obj.size} bytes); server checksum: {exc}"
+                ) from None
+            finally:
+                body.close()
+            md5 = digest.hexdigest()
+            if size != obj.size:
+                raise ChecksumError(
+                    f"{obj.url}: size mismatch: expected {obj.size} bytes, got {size} "
+                    "(a truncated or corrupted transfer)"
+                )
+            if expected_md5 is not None and md5 != expected_md5:
+                raise ChecksumError(f"{obj.url}: md5 mismatch: expected {expected_md5}, got {md5} (a corrupted transfer)")
+            os.replace(tmp_name, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+            raise
+        return md5
+
+    # ------------------------------------------------------------------ uploads
+
+    def upload_dir(self, src: Path, loc: S3Location) -> int:
+        """Upload every file under ``src`` to ``loc`` concurrently; return how many.
+
+        For tests, benchmarks and dataset snapshots. Keys are ``loc.prefix + relpath``.
+        Each small file is one ``put_object`` with ``Content-MD5`` (the server rejects a
+        corrupted upload) so its ETag is its MD5; files over 64 MiB use multipart uploads.
+        """
+        src = Path(src)
+        if not src.is_dir():
+            raise DataSourceError(f"cannot upload {src} to {loc.url}: it is not a directory")
+        self._require_credentials(loc.url)
+        files: list[tuple[Path, str]] = []
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, src)
+            parts = [] if rel_dir == os.curdir else rel_dir.split(os.sep)
+            for name in sorted(filenames):
+                files.append((Path(dirpath) / name, "/".join([*parts, name])))
+        if not files:
+            return 0
+        pool = ThreadPoolExecutor(max_workers=min(self.max_workers, len(files)), thread_name_prefix="s3-put")
+        try:
+            futures = [pool.submit(self._upload_one, path, loc, relpath) for path, relpath in files]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                fut.result()
+            for fut in futures:
+                fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return len(files)
+
+    def _upload_one(self, path: Path, loc: S3Location, relpath: str) -> None:
+        key = loc.prefix + relpath
+        try:
+            if path.stat().st_size > _MULTIPART_THRESHOLD:
+                self._client.upload_file(str(path), loc.bucket, key)
+                return
+            data = path.read_bytes()
+            content_md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324
+            self._client.put_object(Bucket=loc.bucket, Key=key, Body=data, ContentMD5=content_md5)
+        except OSError as exc:
+            raise DataSourceError(f"cannot read {path} to upload it: {exc.strerror or exc}") from None
+        except (self._exc.ClientError, self._exc.BotoCoreError) as exc:
+            raise self._error(exc, loc.key_url(key), "uploading") from None
+        except Exception as exc:  # s3transfer wraps failures in its own exception types
+            if type(exc).__module__.startswith("boto3") or type(exc).__module__.startswith("s3transfer"):
+                raise DataSourceError(f"uploading {loc.key_url(key)} failed: {exc}") from None
+            raise
+
+    # ------------------------------------------------------------------ errors
+
+    def _require_credentials(self, url: str) -> None:
+        if not self._has_credentials:
+            raise DataSourceError(f"no AWS credentials found for {url}: {_CREDENTIALS_HINT}")
+
+    def _transient(self, exc: BaseException) -> bool:
+        """Whether another attempt may succeed (5xx, throttling, timeouts, dropped connections)."""
+        e = self._exc
+        if isinstance(exc, e.ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return status >= 500 or status == 429 or code in _TRANSIENT_CODES
+        if isinstance(exc, (e.ConnectionError, e.HTTPClientError, e.IncompleteReadError, e.FlexibleChecksumError)):
+            # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+            # ConnectionClosedError, ResponseStreamingError (resets mid-body), ...
+            return True
+        if isinstance(exc, (ConnectionError, TimeoutError, http.client.HTTPException)):
+            return True  # raw socket resets / IncompleteRead that escaped botocore's wrapping
+        return False  # other OSErrors are local (disk full, permissions): not transient
+
+    def _error(self, exc: BaseException, url: str, doing: str) -> DataSourceError:
+        """A DataSourceError with an actionable message for a botocore/OS exception."""
+        e = self._exc
+        if isinstance(exc, DataSourceError):
+            return exc
+        if isinstance(exc, e.NoCredentialsError):
+            return DataSourceError(f"no AWS credentials found for {url}: {_CREDENTIALS_HINT}")
+        if isinstance(exc, e.ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            bucket = url[len("s3://") :].split("/", 1)[0]
+            if code == "NoSuchBucket":
+                return DataSourceError(f"bucket {bucket!r} does not exist (endpoint {self.endpoint}); check {url}")
+            if code in ("NoSuchKey", "404") or (status == 404 and doing == "downloading"):
+                return DataSourceError(
+                    f"{url} no longer exists (endpoint {self.endpoint}); it was deleted after it "
+                    "was listed -- rerun to stage the current version"
+                )
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return DataSourceError(
+                    f"{url} changed since it was listed; rerun to stage the new version"
+                )
+            if code in _ACCESS_CODES or (status == 403 and code not in _CREDENTIAL_CODES):
+                need = "s3:ListBucket" if doing == "listing" else "s3:GetObject" if doing == "downloading" else "s3:PutObject"
+                return DataSourceError(
+                    f"access denied {doing} {url} (endpoint {self.endpoint}): the AWS credentials "
+                    f"in use lack {need} on bucket {bucket!r}; check their IAM/bucket policy"
+                )
+            if code in _CREDENTIAL_CODES:
+                return DataSourceError(
+                    f"the AWS credentials were rejected {doing} {url} ({code}, endpoint "
+                    f"{self.endpoint}); check that they are current and meant for this endpoint"
+                )
+            return DataSourceError(f"{doing} {url} failed (endpoint {self.endpoint}): {_describe(exc)}")
+        if isinstance(exc, (e.EndpointConnectionError, e.ConnectTimeoutError)):
+            return DataSourceError(
+                f"cannot reach the S3 endpoint {self.endpoint} while {doing} {url}: {exc}; "
+                "check the endpoint URL (AWS_ENDPOINT_URL) and the network"
+            )
+        if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+            where = f" ({exc.filename})" if exc.filename else ""
+            return DataSourceError(f"{doing} {url} failed writing locally{where}: {exc.strerror or exc}")
+        return DataSourceError(f"{doing} {url} failed (endpoint {self.endpoint}): {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception: ``Type: message`` (ClientError: code, status, message)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{err.get('Code', '?')} (HTTP {status}): {err.get('Message', '')}".rstrip(": ")
+    text = str(exc).strip() or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def _check_relpath(obj: RemoteObject) -> None:
+    bad = _unsafe_reason(obj.relpath)
+    if bad:
+        raise DataSourceError(f"refusing to write {obj.url} to relpath {obj.relpath!r}: {bad}")
+
+
+def _check_file_dir_clashes(objects: list[RemoteObject]) -> None:
+    """Reject listings where a key is both a file and a "directory" (``a`` and ``a/b``)."""
+    files = {o.relpath: o for o in objects}
+    for obj in objects:
+        parts = obj.relpath.split("/")
+        for i in range(1, len(parts)):
+            clash = files.get("/".join(parts[:i]))
+            if clash is not None:
+                raise DataSourceError(
+                    f"cannot stage both {clash.url} and {obj.url}: the first would have to be "
+                    "a file and a directory at once locally; rename one of them"
+                )
