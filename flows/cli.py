@@ -5,6 +5,7 @@
     trainyard validate   check a dataset; every problem with file and line
     trainyard evaluate   write metrics.json from a finished run directory
     trainyard data demo  generate the built-in demo dataset (and DVC-track it)
+    trainyard doctor     preflight checks, each failure with its fix
     trainyard ui         open the MLflow UI on the configured tracking store
 """
 
@@ -89,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("name", help="folder name under data/ (the new data.source)")
     snap.add_argument("--no-push", action="store_true", help="only dvc add; do not push to the default remote")
     snap.set_defaults(func=_cmd_data_snapshot)
+
+    doc = sub.add_parser("doctor", help="preflight checks (Docker, GPU runtime, driver vs image CUDA, space, MLflow, data)")
+    with_params(doc)
+    doc.set_defaults(func=_cmd_doctor)
 
     ui = sub.add_parser("ui", help="run the MLflow UI on the configured tracking store")
     with_params(ui)
@@ -235,6 +240,20 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
         dvc_add(dest, repo)
         dvc_push([f"{dest}.dvc"], repo)
         print(f"{dest} is DVC-tracked ({dest}.dvc) and pushed to the default remote")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from tasks.doctor import failures, format_table, run_checks
+    from tasks.params import load_params
+
+    checks = run_checks(load_params(args.params, args.overrides))
+    print(format_table(checks))
+    failed = failures(checks)
+    if failed:
+        print(f"\n{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
+        return 6
+    print("\nready")
     return 0
 
 

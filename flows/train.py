@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.doctor import ensure_ready, format_table
 from tasks.errors import TrainyardError
 from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
@@ -49,6 +50,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 # Retries only where a second try can help: reading a network source, talking to a
 # tracking server. Validation and training are deterministic: a retry repeats the failure.
+preflight_task = task(ensure_ready, name="preflight", cache_policy=NO_CACHE)
 load_params_task = task(load_params, name="load-params", cache_policy=NO_CACHE)
 validate_task = task(ensure_valid, name="validate", cache_policy=NO_CACHE)
 stage_task = task(stage_from_params, name="stage", retries=2, retry_delay_seconds=5,
@@ -83,6 +85,8 @@ def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: Val
         "trainyard.data_source": staged.source,
         "trainyard.overrides": " ".join(params.overrides),
         "trainyard.runner": params.runner["kind"],
+        **({"trainyard.image": str(params.container["image"]), "trainyard.image_digest": key.env_digest}
+           if key.env_kind == "docker" else {}),
         "trainyard.images_train": str(report.splits.get("train").images if "train" in report.splits else 0),
     }
     run_id = tracker.start_run(
@@ -125,6 +129,8 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     logger = get_run_logger()
     params = load_params_task(params_path, tuple(overrides or ()))
     train_args = _train_args(params)
+    checks = preflight_task(params)
+    logger.info("preflight:\n%s", format_table(checks))
     staged = stage_task(params)
     logger.info("staged %s (%d files, %.1f MB) at %s%s in %.1f s", staged.md5, staged.files, staged.bytes / 1e6,
                 staged.path, " (reused)" if staged.reused else "", staged.seconds)
@@ -132,7 +138,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         logger.warning(note)
     report = validate_task(staged.path, label=staged.source)
     logger.info("dataset %s is valid: %s", staged.source, {k: v.images for k, v in report.splits.items()})
-    runner = make_runner(params.runner["kind"])
+    runner = make_runner(params.runner["kind"], params.container)
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
     logger.info("tracking at %s (%s)", tracking_uri, uri_from)

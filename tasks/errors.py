@@ -11,6 +11,7 @@ bugs (anything else) still show their traceback.
     │   └── TransientSourceError   ... for a reason a later retry may not meet
     ├── VersioningError      DVC / git could not answer (hashes, dvc add)
     ├── TrackingError        the MLflow tracking server or store failed
+    ├── PreflightError       a required `trainyard doctor` check failed before anything ran
     └── RunnerError          the training child process (or container) could not run
         └── TrainingError    training started but failed (non-zero exit, OOM, ...)
 """
@@ -61,6 +62,12 @@ class TrackingError(TrainyardError):
     """The MLflow tracking store could not be reached or refused a write."""
 
     exit_code = 4
+
+
+class PreflightError(TrainyardError):
+    """A required preflight check (Docker, GPU runtime, image, MLflow, data source) failed."""
+
+    exit_code = 6
 
 
 class RunnerError(TrainyardError):

@@ -102,7 +102,15 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "workers": _Key((int,), 32, "parallel downloads, like 32", _positive),
     },
     "runner": {
-        "kind": _Key((str,), "local", "local", _one_of("local")),
+        "kind": _Key((str,), "local", "local or docker", _one_of("local", "docker")),
+    },
+    "container": {
+        "image": _Key((str, type(None)), None, "an image as name:tag, name@sha256:<digest> or name:tag@sha256:<digest>"),
+        "gpus": _Key((str, int), "none", "all, none, or GPU indices like \"0,1\""),
+        "shm_size": _Key((str,), "8g", "a size like 8g (Docker's 64m default kills dataloader workers)"),
+        "ipc": _Key((str, type(None)), None, "host, or null for Docker's default"),
+        "require_digest": _Key((bool,), False, "true to refuse a bare tag in container.image"),
+        "pull": _Key((bool,), True, "true to pull container.image when it is not on this machine"),
     },
     "tracking": {
         "uri": _Key((str, type(None)), None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store"),
@@ -110,7 +118,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "run_name": _Key((str, type(None)), None, "a run name, or null for model-data-params"),
     },
 }
-SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "tracking")
+SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "container", "tracking")
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class Params:
     stage: dict[str, Any]
     train: dict[str, Any]
     runner: dict[str, Any]
+    container: dict[str, Any]
     tracking: dict[str, Any]
     path: Path  # the params.yaml these came from; relative paths resolve against its folder
     overrides: tuple[str, ...] = field(default=())

@@ -138,7 +138,17 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def make_runner(kind: str) -> Runner:
+def make_runner(kind: str, container: Mapping[str, object] | None = None) -> Runner:
+    """The runner for ``runner.kind``; ``container`` is params.yaml's container section."""
     if kind == "local":
         return LocalRunner()
-    raise RunnerError(f"runner.kind {kind!r} is not available; valid: local")
+    if kind == "docker":
+        from tasks.containers import DockerRunner  # the docker SDK only when it is used
+
+        c = dict(container or {})
+        if not c.get("image"):
+            raise RunnerError("runner.kind is docker but container.image is not set (valid form: name:tag or name@sha256:...)")
+        return DockerRunner(str(c["image"]), gpus=str(c.get("gpus", "none")), shm_size=str(c.get("shm_size", "8g")),
+                            ipc=c.get("ipc") or None, require_digest=bool(c.get("require_digest", False)),  # type: ignore[arg-type]
+                            pull=bool(c.get("pull", True)))
+    raise RunnerError(f"runner.kind {kind!r} is not available; valid: local, docker")

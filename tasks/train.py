@@ -68,6 +68,7 @@ class TrainOutcome:
     best: str | None
     last: str | None
     final_metrics: dict[str, float]  # the final validation of best.pt, Ultralytics' keys
+    runtime: dict[str, Any] = field(default_factory=dict)  # where it ran: uid, container, data mount
 
     @classmethod
     def read(cls, run_dir: Path) -> "TrainOutcome | None":
@@ -150,9 +151,30 @@ def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOut
         best=str(trainer.best) if Path(trainer.best).exists() else None,
         last=str(trainer.last) if Path(trainer.last).exists() else None,
         final_metrics=final,
+        runtime=runtime_facts(job),
     )
     (run_dir / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
     return outcome
+
+
+def runtime_facts(job: TrainJob) -> dict[str, Any]:
+    """Where the training ran, for the record (and for proving a container's isolation)."""
+    import tempfile
+
+    import yaml
+
+    data_root = Path((yaml.safe_load(Path(job.data_yaml).read_text()) or {}).get("path") or Path(job.data_yaml).parent)
+    try:
+        with tempfile.TemporaryFile(dir=data_root):
+            data_writable = True
+    except OSError:
+        data_writable = False
+    return {
+        "uid": os.getuid(),
+        "in_container": Path("/.dockerenv").exists(),
+        "data_dir": str(data_root),
+        "data_dir_writable": data_writable,
+    }
 
 
 def _strip_foreign_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> None:

@@ -1,0 +1,286 @@
+"""Docker seam: the one module that imports the docker SDK.
+
+The Docker runner runs the same entry point as the local runner (``python -m tasks.train
+job.json``) inside the training image, started **by digest**: a tag can move between two
+runs, a digest cannot, so the digest recorded on the MLflow run names the exact bits.
+
+Only two host paths enter the container: the staged dataset (read-only) and the run's
+output directory (read-write), both at their host paths so job.json needs no rewriting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tasks.environment import Environment
+from tasks.errors import RunnerError, TrainingError
+from tasks.train import JOB_FILE, TrainJob
+
+LogSink = Callable[[str], None]
+CUDA_LABEL = "org.trainyard.cuda"
+_DIGEST_RE = re.compile(r"^(?P<name>[^@]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")
+_NO_GPU_RUNTIME = (
+    "container.gpus={gpus!r} needs the NVIDIA container runtime, which this Docker engine lacks: install the NVIDIA "
+    "Container Toolkit (then `nvidia-ctk runtime configure --runtime=docker` and restart Docker), or set container.gpus: none"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image as the runner starts it."""
+
+    given: str  # container.image as written
+    run_ref: str  # what the container is started from: name@sha256:… (registry) or sha256:… (local ID)
+    digest: str  # the digest recorded on the run (repo digest if any, else the image ID)
+    image_id: str  # `docker image inspect --format {{.Id}}`
+    labels: dict[str, str]
+
+    @property
+    def cuda(self) -> str | None:
+        return self.labels.get(CUDA_LABEL)
+
+
+def docker_client() -> Any:
+    """A client for the local engine, with an actionable error when it is down."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception as exc:  # docker raises several types for "no daemon"
+        raise RunnerError(
+            f"the Docker daemon is not reachable ({_short(exc)}); start it (systemctl start docker) "
+            "or set runner.kind: local"
+        ) from None
+
+
+def resolve_image(client: Any, image: str, require_digest: bool = False, pull: bool = True) -> ResolvedImage:
+    """Resolve ``name:tag`` / ``name@sha256:…`` / ``name:tag@sha256:…`` to the digest to run.
+
+    A bare tag is resolved now and the container started by the result. A reference that
+    pins both a tag and a digest must still agree: a moved tag is refused, not followed.
+    """
+    import docker.errors
+
+    pinned = _DIGEST_RE.match(image)
+    if require_digest and not pinned:
+        raise RunnerError(
+            f"container.image {image!r} is a tag, and container.require_digest is true; pin it as "
+            f"name@sha256:<digest> (see `docker image inspect --format '{{{{.RepoDigests}}}}' {image}`)"
+        )
+    lookup = image
+    if pinned and pinned.group("tag"):
+        lookup = f"{pinned.group('name')}:{pinned.group('tag')}"
+    elif pinned:
+        lookup = f"{pinned.group('name')}@{pinned.group('digest')}"
+    try:
+        img = client.images.get(lookup)
+    except docker.errors.ImageNotFound:
+        if not pull:
+            raise RunnerError(
+                f"container.image {image!r} is not on this machine (container.pull is false); "
+                "build it (`make image`) or fix container.image"
+            ) from None
+        try:  # a registry may have it; a digest pull is exact
+            img = client.images.pull(lookup)
+        except Exception as exc:
+            raise RunnerError(
+                f"container.image {image!r} is not on this machine and could not be pulled ({_short(exc)}); "
+                "build it (`make image`) or fix container.image"
+            ) from None
+    except docker.errors.APIError as exc:
+        raise RunnerError(f"cannot inspect container.image {image!r}: {_short(exc)}") from None
+    repo_digests = [d for d in img.attrs.get("RepoDigests") or [] if "@sha256:" in d]
+    if pinned:
+        want = pinned.group("digest")
+        have = {d.split("@", 1)[1] for d in repo_digests} | {img.id}
+        if want not in have:
+            now = repo_digests[0].split("@", 1)[1] if repo_digests else img.id
+            raise RunnerError(
+                f"container.image {image!r}: the tag now resolves to {now}, not the pinned {want}; "
+                "rebuild/pull the pinned image or update the digest deliberately"
+            )
+    if repo_digests:  # pulled from / pushed to a registry: start by the registry digest
+        run_ref = repo_digests[0]
+        digest = run_ref.split("@", 1)[1]
+    else:  # built here, never pushed: the image ID is the content digest
+        run_ref = digest = img.id
+    return ResolvedImage(image, run_ref, digest, img.id, dict(img.labels or {}))
+
+
+class DockerRunner:
+    """Trains in a container of ``container.image``, started by digest."""
+
+    kind = "docker"
+
+    def __init__(self, image: str, *, gpus: str = "none", shm_size: str = "8g", ipc: str | None = None,
+                 require_digest: bool = False, pull: bool = True, client: Any | None = None) -> None:
+        self.image = image
+        self.gpus = gpus
+        self.shm_size = shm_size
+        self.ipc = ipc
+        self.require_digest = require_digest
+        self.pull = pull
+        self._client = client
+        self._resolved: ResolvedImage | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def resolved(self) -> ResolvedImage:
+        if self._resolved is None:
+            self._resolved = resolve_image(self.client, self.image, self.require_digest, self.pull)
+        return self._resolved
+
+    def environment(self) -> Environment:
+        img = self.resolved
+        return Environment(kind="docker", digest=img.digest,
+                           details={"image": img.given, "digest": img.digest, "id": img.image_id, "cuda": img.cuda})
+
+    def run(self, job: TrainJob, env: Mapping[str, str], log: LogSink) -> None:
+        import docker.errors
+        from docker.types import DeviceRequest, Mount, Ulimit
+
+        run_dir = Path(job.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        job_path = job.write(run_dir / JOB_FILE)
+        data_dir = Path(_data_root(Path(job.data_yaml)))
+        mounts = [Mount(str(run_dir), str(run_dir), type="bind", read_only=False),
+                  Mount(str(data_dir), str(data_dir), type="bind", read_only=True)]
+        model = Path(str(job.args.get("model", "")))
+        if model.suffix == ".pt" and model.is_absolute() and not model.is_relative_to(run_dir):
+            mounts.append(Mount(str(model), str(model), type="bind", read_only=True))
+        for mount in mounts:
+            if not Path(mount["Source"]).exists():
+                raise RunnerError(f"cannot mount {mount['Source']} into the container: it does not exist")
+        user = None
+        if os.getuid() != 0:
+            user = f"{os.getuid()}:{os.getgid()}"  # outputs belong to the user who ran trainyard
+        else:
+            os.chmod(run_dir, 0o777)  # the image's non-root user writes here; root keeps access
+        container_env, network = _container_env(env)
+        kwargs: dict[str, Any] = dict(
+            command=[str(job_path)],
+            detach=True,
+            mounts=mounts,
+            environment=container_env,
+            shm_size=self.shm_size,  # Docker's 64 MB /dev/shm kills PyTorch dataloader workers
+            ulimits=[Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=67108864, hard=67108864)],
+            labels={"org.trainyard.run_dir": str(run_dir)},
+            working_dir=str(run_dir),
+        )
+        if user:
+            kwargs["user"] = user
+        if self.ipc:
+            kwargs["ipc_mode"] = self.ipc
+        if network:
+            kwargs["network_mode"] = network
+        requests = gpu_requests(self.gpus)
+        if requests:
+            kwargs["device_requests"] = [DeviceRequest(**r) for r in requests]
+        kwargs.pop("detach")
+        try:
+            container = self.client.containers.create(self.resolved.run_ref, **kwargs)
+        except docker.errors.APIError as exc:
+            raise RunnerError(f"could not create the training container from {self.resolved.run_ref}: {_short(exc)}") from None
+        tail: list[str] = []
+        try:
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                text = _short(exc)
+                if requests and ("device driver" in text or "nvidia" in text.lower() or "gpu" in text.lower()):
+                    raise RunnerError(_NO_GPU_RUNTIME.format(gpus=self.gpus)) from None
+                raise RunnerError(f"could not start the training container from {self.resolved.run_ref}: {text}") from None
+            pending = ""
+            for chunk in container.logs(stream=True, follow=True):
+                pending += chunk.decode("utf-8", errors="replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    line = line.split("\r")[-1].replace("\x1b[K", "").rstrip()
+                    if line:
+                        tail = (tail + [line])[-30:]
+                        log(line)
+            code = int(container.wait().get("StatusCode", 1))
+            container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        finally:
+            # Ctrl-C, a cancelled flow, a failed start or an error above: the container never
+            # outlives the task, in any state.
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+        if oom:
+            raise TrainingError(f"the training container ran out of memory (OOMKilled); lower train.batch or "
+                                f"train.imgsz, or give the container more memory; output in {run_dir}")
+        if code != 0:
+            shown = "\n".join(f"  | {line}" for line in tail[-15:])
+            raise TrainingError(f"training container exited with code {code}; output in {run_dir}"
+                                + (f"; last lines:\n{shown}" if shown else ""))
+
+
+def gpu_requests(gpus: str) -> list[dict[str, Any]]:
+    """``container.gpus`` -> Docker device requests: "all", "0,1" (device ids) or "none"."""
+    value = str(gpus).strip().lower()
+    if value in ("none", "", "false", "0 gpus"):
+        return []
+    if value == "all":
+        return [{"count": -1, "capabilities": [["gpu"]]}]
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if not all(i.isdigit() for i in ids):
+        raise RunnerError(f"container.gpus {gpus!r}: valid forms are all, none, or GPU indices like \"0,1\"")
+    return [{"device_ids": ids, "capabilities": [["gpu"]]}]
+
+
+def has_nvidia_runtime(client: Any) -> bool:
+    runtimes = (client.info() or {}).get("Runtimes") or {}
+    return "nvidia" in runtimes
+
+
+def list_trainyard_containers(client: Any) -> list[Any]:
+    return client.containers.list(all=True, filters={"label": "org.trainyard.run_dir"})
+
+
+def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """The variables the training process needs; no AWS secrets ever enter the container.
+
+    A tracking server on the host's loopback is reachable only with host networking; a
+    local SQLite store is not mounted (only data and outputs are), so live logging is
+    skipped and the flow logs every epoch from results.csv after training.
+    """
+    out = {"YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "YOLO_CONFIG_DIR": "/tmp/Ultralytics"}
+    network = None
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        out["MLFLOW_TRACKING_URI"] = uri
+        if env.get("MLFLOW_RUN_ID"):
+            out["MLFLOW_RUN_ID"] = env["MLFLOW_RUN_ID"]
+        for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            if os.environ.get(name):
+                out[name] = os.environ[name]
+        host = urllib.parse.urlsplit(uri).hostname or ""
+        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+            network = "host"
+    return out, network
+
+
+def _data_root(data_yaml: Path) -> str:
+    import yaml
+
+    config = yaml.safe_load(data_yaml.read_text()) or {}
+    return str(config.get("path") or data_yaml.parent)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__

@@ -1,0 +1,145 @@
+"""Preflight checks: what `trainyard doctor` prints and what the flow runs before staging.
+
+Each check says what it found and, when it fails, how to fix it. "Required" checks stop
+the flow; the others are information (a GPU check on a CPU-only box, say).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tasks.errors import PreflightError, TrainyardError
+from tasks.params import Params
+from tasks.stage_cache import default_stage_root
+from tasks.telemetry import NvmlReport, cuda_at_least, read_nvml
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callable[[], Any] | None = None) -> list[Check]:
+    """Every check for these params; ``nvml``/``docker_client`` are injectable for tests."""
+    checks: list[Check] = []
+    docker_needed = params.runner["kind"] == "docker"
+    gpus_wanted = docker_needed and str(params.container["gpus"]).lower() != "none"
+    client = None
+
+    if docker_needed:
+        try:
+            from tasks.containers import docker_client as default_client
+
+            client = (docker_client or default_client)()
+            version = client.version().get("Version", "?")
+            checks.append(Check("docker daemon", True, True, f"reachable (engine {version})"))
+        except TrainyardError as exc:
+            checks.append(Check("docker daemon", False, True, str(exc), "start Docker, or set runner.kind: local"))
+        if client is not None:
+            from tasks.containers import has_nvidia_runtime
+
+            has_rt = has_nvidia_runtime(client)
+            checks.append(Check(
+                "nvidia container runtime", has_rt, gpus_wanted,
+                "present" if has_rt else "absent",
+                "" if has_rt else "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure "
+                "--runtime=docker`, or set container.gpus: none",
+            ))
+
+    report: NvmlReport = read_nvml(nvml)
+    if report.available and report.gpus:
+        listing = "; ".join(f"{g.index}: {g.name}, {g.memory_free_mb}/{g.memory_total_mb} MiB free" for g in report.gpus)
+        checks.append(Check("gpus (nvml)", True, gpus_wanted,
+                            f"{len(report.gpus)} GPU(s), driver {report.driver} (CUDA <= {report.cuda_driver}): {listing}"))
+    else:
+        checks.append(Check("gpus (nvml)", False, gpus_wanted, report.reason or "no GPU",
+                            "install the NVIDIA driver, or train on CPU (train.device: cpu, container.gpus: none)"))
+
+    if client is not None and params.container.get("image"):
+        from tasks.containers import resolve_image
+
+        try:
+            img = resolve_image(client, str(params.container["image"]), bool(params.container["require_digest"]),
+                                bool(params.container["pull"]))
+            checks.append(Check("training image", True, True, f"{img.given} -> {img.digest} (CUDA {img.cuda or '?'})"))
+            if img.cuda and report.available and report.cuda_driver:
+                ok = cuda_at_least(report.cuda_driver, img.cuda)
+                checks.append(Check(
+                    "driver vs image CUDA", ok, gpus_wanted,
+                    f"driver supports CUDA {report.cuda_driver}, image needs {img.cuda}",
+                    "" if ok else f"upgrade the NVIDIA driver to one supporting CUDA {img.cuda}, or use an image "
+                    f"built for CUDA <= {report.cuda_driver} (the classic 'driver too old / libcudart' failure)",
+                ))
+        except TrainyardError as exc:
+            checks.append(Check("training image", False, True, str(exc), "build it with `make image`, or fix container.image"))
+
+    root = params.resolve_path(params.stage["root"]) if params.stage["root"] else default_stage_root()
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    writable = os.access(probe, os.W_OK)
+    checks.append(Check("stage.root space", writable, True, f"{root}: {free_gb:.1f} GB free" + ("" if writable else ", not writable"),
+                        "" if writable else "set stage.root to a writable local SSD or tmpfs directory"))
+
+    from tasks.track import Tracker, resolve_tracking_uri
+
+    uri, origin = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    try:
+        Tracker(uri).ping()
+        checks.append(Check("mlflow", True, True, f"{uri} ({origin})"))
+    except TrainyardError as exc:
+        checks.append(Check("mlflow", False, True, str(exc), "start the tracking server or fix tracking.uri"))
+
+    checks.append(_source_check(params))
+    return checks
+
+
+def _source_check(params: Params) -> Check:
+    source = str(params.data["source"])
+    if source.startswith("s3://"):
+        from tasks.s3 import S3Client, parse_s3_url
+
+        try:
+            client = S3Client(endpoint_url=params.data["endpoint_url"], region=params.data["region"],
+                              profile=params.data["profile"], max_workers=2)
+            objects = client.list_objects(parse_s3_url(source))
+            return Check("data source", True, True, f"{source}: {len(objects)} objects")
+        except TrainyardError as exc:
+            return Check("data source", False, True, str(exc), "fix data.source / data.endpoint_url or the AWS credentials")
+    path = params.data_source
+    ok = path.is_dir() and os.access(path, os.R_OK | os.X_OK)
+    return Check("data source", ok, True, f"{path}" + ("" if ok else ": missing or unreadable"),
+                 "" if ok else "fix data.source (run `make data` for the demo dataset)")
+
+
+def failures(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.required and not c.ok]
+
+
+def format_table(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        lines.append(f"{mark}  {c.name:<{width}}  {c.detail}")
+        if not c.ok and c.fix:
+            lines.append(f"      {'':<{width}}  fix: {c.fix}")
+    return "\n".join(lines)
+
+
+def ensure_ready(params: Params, **kw: Any) -> list[Check]:
+    """Run every check; raise PreflightError with the table when a required one fails."""
+    checks = run_checks(params, **kw)
+    failed = failures(checks)
+    if failed:
+        raise PreflightError(
+            f"{len(failed)} preflight check(s) failed: {', '.join(c.name for c in failed)}\n" + format_table(checks)
+        )
+    return checks

@@ -1,0 +1,62 @@
+"""End to end in a real Docker engine: the train flow with the Docker runner, on CPU.
+
+Needs the training image built by `.ci/build-image.sh` (`trainyard-train:ci`, or
+TRAINYARD_TEST_IMAGE). Skips without an engine or image, except under
+TRAINYARD_REQUIRE_DOCKER=1 (CI), where their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.track import Tracker
+from tests.conftest import copy_dataset, write_params
+
+pytestmark = pytest.mark.slow
+IMAGE = os.environ.get("TRAINYARD_TEST_IMAGE", "trainyard-train:ci")
+
+
+def _image_id() -> str:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("TRAINYARD_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"TRAINYARD_REQUIRE_DOCKER=1 but image {IMAGE} is missing: {proc.stderr.strip()}")
+        pytest.skip(f"image {IMAGE} not built here (run .ci/build-image.sh)")
+    return proc.stdout.strip()
+
+
+def test_train_flow_in_a_container_started_by_digest(tmp_path: Path, mlflow_server: str, prefect_api: None,
+                                                     tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.train import train_flow
+
+    image_id = _image_id()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="docker-e2e",
+                          stage_root=tmp_path / "stage", epochs=1, plots=False)
+    result = train_flow(params_path=str(params), overrides=[
+        "runner.kind=docker", f"container.image={IMAGE}", "container.pull=false", "container.gpus=none",
+        "container.shm_size=1g",
+    ])
+    tracker = Tracker(mlflow_server)
+    run = tracker.get_run(result.run_id)
+    assert run.status == "FINISHED"
+    assert run.tags["trainyard.env_kind"] == "docker"
+    assert run.tags["trainyard.image_digest"] == run.tags["trainyard.env_digest"] == image_id
+    assert [step for step, _ in tracker.metric_history(result.run_id, "metrics/mAP50(B)")] == [1]
+    artifacts = set(tracker.list_artifacts(result.run_id))
+    assert {"weights/best.pt", "weights/last.pt", "results.csv"} <= artifacts
+    assert [r.run_id for r in tracker.search_runs("docker-e2e")] == [result.run_id]  # one run, not two
+
+    runtime = json.loads((Path(result.run_dir) / "outcome.json").read_text())["runtime"]
+    assert runtime["in_container"] is True
+    assert runtime["uid"] != 0, "the training process must not run as root"
+    assert runtime["data_dir_writable"] is False, "the dataset is mounted read-only"
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.trainyard.run_dir"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert left == [], "no container may be left behind"
