@@ -7,7 +7,9 @@ LOCK_ID := $(shell sha256sum requirements.lock | cut -c1-16)
 STAMP := $(VENV)/.lock-$(LOCK_ID)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv data repro ui lock clean
+IMAGE ?= trainyard-train:latest
+
+.PHONY: demo test test-fast venv data repro ui lock clean image image-ci bench
 
 demo: venv data  ## train on the demo dataset with the Prefect flow, print the MLflow run
 	$(BIN)/trainyard run
@@ -46,6 +48,16 @@ lock:  ## re-resolve the dependency set (slow: minutes) and rewrite requirements
 	/tmp/trainyard-lock/bin/pip install -q -e ".[test]"
 	{ head -3 requirements.lock; /tmp/trainyard-lock/bin/pip freeze --exclude-editable | grep -v '^trainyard'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+image:  ## the training image on the official PyTorch CUDA base (needs a registry, or wheels in docker/.wheelhouse)
+	DOCKER_BUILDKIT=0 docker build -f docker/train.Dockerfile -t $(IMAGE) .
+	@docker image inspect --format '$(IMAGE) = {{.Id}}  cuda={{index .Config.Labels "org.trainyard.cuda"}}' $(IMAGE)
+
+image-ci: venv  ## offline image trainyard-train:ci (local debootstrap base + wheelhouse), what CI tests with
+	VENV="$(VENV)" bash .ci/build-image.sh
+
+bench: venv  ## the staging benchmark (trainyard vs s5cmd, aws s3 sync, dvc pull); writes bench/results.md
+	bench/run.sh --repeat 2
 
 clean:
 	rm -rf runs reports metrics.json mlflow.db mlartifacts

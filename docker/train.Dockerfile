@@ -42,7 +42,7 @@ RUN python -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) 
 
 # requirements.lock rides along so the wildcard source can match nothing without failing
 COPY requirements.lock ${WHEELHOUSE}* /tmp/wheels/
-COPY requirements.lock docker/build-tools.txt /tmp/build/
+COPY requirements.lock docker/image-extras.txt /tmp/build/
 
 RUN set -eu; \
     cd /tmp/build; \
@@ -61,10 +61,11 @@ RUN set -eu; \
       echo "no wheels in ${WHEELHOUSE}: installing from the package index (network)"; \
       set --; \
     fi; \
-    "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir "$@" -r build-tools.txt; \
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-deps "$@" -r image-extras.txt; \
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-deps "$@" -r install.txt; \
     echo "$(grep -c '==' install.txt) locked packages installed into $VENV"; \
-    "$VENV/bin/pip" check || echo "WARNING: pip check found the conflicts above (the lock is installed as is)"; \
+    if [ "$INSTALL_TORCH" = 1 ]; then "$VENV/bin/pip" check; \
+    else "$VENV/bin/pip" check || echo "WARNING: the locked deps and the base's packages disagree (above)"; fi; \
     rm -rf /tmp/build /tmp/wheels /root/.cache
 
 # ---------------------------------------------------------------- the image

@@ -176,7 +176,6 @@ class DockerRunner:
             mounts=mounts,
             environment=container_env,
             shm_size=self.shm_size,  # Docker's 64 MB /dev/shm kills PyTorch dataloader workers
-            ulimits=[Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=67108864, hard=67108864)],
             labels={"org.trainyard.run_dir": str(run_dir)},
             working_dir=str(run_dir),
         )
@@ -189,6 +188,10 @@ class DockerRunner:
         requests = gpu_requests(self.gpus)
         if requests:
             kwargs["device_requests"] = [DeviceRequest(**r) for r in requests]
+            # NVIDIA's recommended limits for CUDA/NCCL (pinned memory, deep stacks). Only with
+            # GPUs: raising memlock needs privileges a CPU-only or rootless engine may not grant.
+            kwargs["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
+                                 Ulimit(name="stack", soft=67108864, hard=67108864)]
         kwargs.pop("detach")
         try:
             container = self.client.containers.create(self.resolved.run_ref, **kwargs)

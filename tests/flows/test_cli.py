@@ -77,3 +77,21 @@ def test_ui_serves_the_local_store(tmp_path: Path, tiny_dataset: Path, monkeypat
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_doctor_passes_locally_and_fails_with_the_fix_when_mlflow_is_down(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
+                          stage_root=tmp_path / "stage")
+    assert main(["doctor", "--params", str(params)]) == 0
+    out = capsys.readouterr().out
+    assert "ok    data source" in out and "gpus (nvml)" in out and out.rstrip().endswith("ready")
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert main(["doctor", "--params", str(params), "--set", f"tracking.uri={dead}"]) == 6
+    captured = capsys.readouterr()
+    assert "FAIL  mlflow" in captured.out and dead in captured.out and "fix:" in captured.out
+    assert "required check(s) failed: mlflow" in captured.err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import DatasetError, TrackingError
+from tasks.errors import DatasetError, PreflightError
 from tasks.params import load_params, params_hash
 from tasks.track import Tracker
 from tasks.version import code_version, dvc_dir_md5
@@ -134,8 +134,8 @@ def test_tracking_server_down_is_one_clear_error(tmp_path: Path, prefect_api: No
     params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=dead, experiment="x",
                           stage_root=tmp_path / "stage")
     started = time.monotonic()
-    with pytest.raises(TrackingError) as info:
+    with pytest.raises(PreflightError) as info:  # the flow's preflight is `trainyard doctor`
         train_flow(params_path=str(params))
-    assert dead in str(info.value) and "not reachable" in str(info.value)
+    assert dead in str(info.value) and "not reachable" in str(info.value) and "mlflow" in str(info.value)
     assert time.monotonic() - started < 120  # not MLflow's minutes of silent retries
     assert not (tmp_path / "runs").exists()

@@ -43,9 +43,14 @@ def engine() -> Iterator[Any]:
             pytest.fail(f"TRAINYARD_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
         pytest.skip(f"no Docker engine here ({exc})")
     yield client
-    for image in client.images.list(name="trainyard-test/*"):  # leave the engine as we found it
-        for tag in image.tags:
-            client.images.remove(tag, force=True)
+    for image_id in set(_CREATED):  # leave the engine as we found it (moved tags leave untagged images)
+        try:
+            client.images.remove(image_id, force=True)
+        except Exception:
+            pass
+
+
+_CREATED: list[str] = []
 
 
 def _import_image(client: Any, tag: str, payload: bytes) -> str:
@@ -56,7 +61,8 @@ def _import_image(client: Any, tag: str, payload: bytes) -> str:
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
     proc = subprocess.run(["docker", "import", "-", tag], input=buf.getvalue(), capture_output=True, check=True)
-    return proc.stdout.decode().strip()
+    _CREATED.append(proc.stdout.decode().strip())
+    return _CREATED[-1]
 
 
 def test_tag_resolves_to_the_image_id_and_a_moved_tag_is_refused(engine: Any) -> None:
@@ -110,3 +116,21 @@ class FakeNoGpuNvml:
 
     def nvmlInit(self) -> None:  # noqa: N802 - NVML's own names
         raise self.NVMLError("NVML Shared Library Not Found")
+
+
+def test_doctor_catches_a_driver_too_old_for_the_image(engine: Any, tmp_path: Path, tiny_dataset: Path) -> None:
+    from tests.tasks.test_telemetry import FakeNvml
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w"):
+        pass
+    proc = subprocess.run(["docker", "import", "--change", "LABEL org.trainyard.cuda=13.0", "-", "trainyard-test/cuda13:1"],
+                          input=tar.getvalue(), capture_output=True, check=True)
+    _CREATED.append(proc.stdout.decode().strip())
+    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
+                          stage_root=tmp_path / "stage")
+    p = load_params(params, ["runner.kind=docker", "container.image=trainyard-test/cuda13:1", "container.pull=false"])
+    checks = {c.name: c for c in run_checks(p, nvml=FakeNvml(cuda=12040))}
+    assert checks["training image"].detail.endswith("(CUDA 13.0)")
+    trap = checks["driver vs image CUDA"]
+    assert not trap.ok and "12.4" in trap.detail and "13.0" in trap.detail and "upgrade the NVIDIA driver" in trap.fix
