@@ -1,4 +1,4 @@
-"""The ``train`` flow: params -> validate -> stage -> train (one MLflow run) -> evaluate.
+"""The ``train`` flow: params -> preflight -> stage -> validate -> key -> train (one MLflow run) -> evaluate.
 
 Composition only: every step is a plain function from ``tasks/``, wrapped here with
 Prefect's ``task`` for retries and logging. The same flow serves `trainyard run`,

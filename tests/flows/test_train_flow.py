@@ -60,8 +60,9 @@ def test_exactly_one_run_with_params_as_in_params_yaml(trained: dict) -> None:
     # Only our flattened params: Ultralytics' own MLflow callback would have added bare
     # keys like "epochs" or a second run in an experiment of its own.
     assert run.params == expected
+    # Ultralytics names its experiment after `project` (our runs/ folder) or /Shared/Ultralytics.
     names = {e.name for e in tracker.client.search_experiments()}
-    assert names <= {"Default", "flow-test", "dvc-test", "flow-fail"}, names
+    assert not [n for n in names if "/" in n or "ultralytics" in n.lower()], names
 
 
 def test_every_epoch_logged_with_step_equal_epoch(trained: dict) -> None:
