@@ -60,3 +60,42 @@ def test_train_flow_in_a_container_started_by_digest(tmp_path: Path, mlflow_serv
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.trainyard.run_dir"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert left == [], "no container may be left behind"
+
+
+def test_ctrl_c_removes_the_container(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A KeyboardInterrupt while training (Ctrl-C, a cancelled flow) leaves no container behind."""
+    from tasks.containers import DockerRunner
+    from tasks.stage import stage_local
+    from tasks.train import TrainJob
+
+    _image_id()
+    staged = stage_local(tiny_dataset, tmp_path / "stage")
+    run_dir = tmp_path / "run"
+    job = TrainJob(run_dir=str(run_dir), data_yaml=str(staged.training_yaml(run_dir / "data.yaml")),
+                   args={"model": "yolo11n.yaml", "epochs": 50, "imgsz": 64, "device": "cpu", "workers": 0})
+
+    def interrupt(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        DockerRunner(IMAGE, pull=False, shm_size="1g").run(job, {}, interrupt)
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert left == []
+
+
+def test_missing_mount_and_dead_daemon_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.containers import DockerRunner, docker_client
+    from tasks.errors import RunnerError
+    from tasks.train import TrainJob
+
+    _image_id()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data.yaml").write_text(f"path: {tmp_path / 'gone'}\n")
+    job = TrainJob(run_dir=str(run_dir), data_yaml=str(run_dir / "data.yaml"), args={"model": "yolo11n.yaml"})
+    with pytest.raises(RunnerError, match="cannot mount .*gone.* does not exist"):
+        DockerRunner(IMAGE, pull=False).run(job, {}, lambda line: None)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-such.sock'}")
+    with pytest.raises(RunnerError, match="Docker daemon is not reachable"):
+        docker_client()
