@@ -5,6 +5,7 @@
     trainyard validate   check a dataset; every problem with file and line
     trainyard evaluate   write metrics.json from a finished run directory
     trainyard data demo  generate the built-in demo dataset (and DVC-track it)
+    trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
     trainyard doctor     preflight checks, each failure with its fix
     trainyard ui         open the MLflow UI on the configured tracking store
 """
@@ -90,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("name", help="folder name under data/ (the new data.source)")
     snap.add_argument("--no-push", action="store_true", help="only dvc add; do not push to the default remote")
     snap.set_defaults(func=_cmd_data_snapshot)
+
+    rep = sub.add_parser("reproduce", help="re-run an MLflow run from its record and say whether it came out the same")
+    rep.add_argument("run_id")
+    with_params(rep)
+    rep.add_argument("--epochs", type=int, default=None, help="replay only the first N epochs (same schedule)")
+    rep.add_argument("--allow-drift", action="store_true", help="run even if the recorded image tag has moved; record it")
+    rep.add_argument("--checkout", action="store_true", help="run the recorded code commit in a temporary git worktree")
+    rep.set_defaults(func=_cmd_reproduce)
 
     doc = sub.add_parser("doctor", help="preflight checks (Docker, GPU runtime, driver vs image CUDA, space, MLflow, data)")
     with_params(doc)
@@ -241,6 +250,57 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
         dvc_push([f"{dest}.dvc"], repo)
         print(f"{dest} is DVC-tracked ({dest}.dvc) and pushed to the default remote")
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+
+    load_params(args.params, args.overrides)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if args.checkout:
+        return _reproduce_in_worktree(args)
+    from flows.reproduce import reproduce_flow
+    from tasks.reproduce import DIFFERS
+
+    result = reproduce_flow(run_id=args.run_id, params_path=args.params, epochs=args.epochs,
+                            allow_drift=args.allow_drift, overrides=list(args.overrides))
+    print()
+    print(f"reproduction of {result.original_run_id}: MLflow run {result.run_id}")
+    print(f"verdict      {result.verdict.summary()}")
+    return 7 if result.verdict.kind == DIFFERS else 0
+
+
+def _reproduce_in_worktree(args: argparse.Namespace) -> int:
+    """Run `trainyard reproduce` again, importing the recorded commit's code from a git worktree."""
+    import tempfile
+
+    from tasks.params import load_params
+    from tasks.repro_key import ReproKey
+    from tasks.track import Tracker, resolve_tracking_uri
+    from tasks.version import code_root
+
+    params = load_params(args.params, args.overrides)
+    uri, _ = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    commit = ReproKey.from_tags(Tracker(uri).get_run(args.run_id).tags, args.run_id).code_commit
+    if commit == "none":
+        raise TrainyardError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
+    repo = code_root()
+    tmp = Path(tempfile.mkdtemp(prefix="trainyard-worktree-"))
+    worktree = tmp / "code"
+    add = subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=repo,
+                         capture_output=True, text=True)
+    if add.returncode != 0:
+        raise TrainyardError(f"cannot check out commit {commit} in {repo}: {add.stderr.strip()}")
+    try:
+        cmd = [sys.executable, "-m", "flows.cli", "reproduce", args.run_id, "--params", str(Path(args.params).resolve())]
+        cmd += [f"--set={o}" for o in args.overrides]
+        cmd += (["--epochs", str(args.epochs)] if args.epochs else []) + (["--allow-drift"] if args.allow_drift else [])
+        print(f"running the recorded code {commit[:12]} from {worktree}")
+        return subprocess.call(cmd, cwd=worktree, env={**os.environ, "PYTHONPATH": str(worktree)})
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=repo, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

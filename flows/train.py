@@ -21,7 +21,7 @@ from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
 from tasks.repro_key import ReproKey, run_name, trainyard_version
 from tasks.runners import Runner, make_runner
-from tasks.stage import StagedDataset, cache_from_params, stage_from_params
+from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.track import Tracker, backfill_epochs, default_artifact_root, iter_artifacts, resolve_tracking_uri
 from tasks.train import TrainJob, prepare_run_dir
 from tasks.validate import ValidationReport, ensure_valid
@@ -53,6 +53,8 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 preflight_task = task(ensure_ready, name="preflight", cache_policy=NO_CACHE)
 load_params_task = task(load_params, name="load-params", cache_policy=NO_CACHE)
 validate_task = task(ensure_valid, name="validate", cache_policy=NO_CACHE)
+stage_exact_task = task(stage_exact, name="stage-exact-version", retries=2, retry_delay_seconds=5,
+                        retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 stage_task = task(stage_from_params, name="stage", retries=2, retry_delay_seconds=5,
                   retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 
@@ -76,7 +78,7 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
 def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport,
-                   staged: StagedDataset) -> tuple[str, str]:
+                   staged: StagedDataset, extra_tags: dict[str, str]) -> tuple[str, str]:
     tracker = Tracker(tracking_uri)
     tracker.ping()
     name = params.tracking["run_name"] or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
@@ -87,7 +89,8 @@ def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: Val
         "trainyard.runner": params.runner["kind"],
         **({"trainyard.image": str(params.container["image"]), "trainyard.image_digest": key.env_digest}
            if key.env_kind == "docker" else {}),
-        "trainyard.images_train": str(report.splits.get("train").images if "train" in report.splits else 0),
+        "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
+        **extra_tags,
     }
     run_id = tracker.start_run(
         params.tracking["experiment"],
@@ -124,14 +127,20 @@ def finish_run_task(tracking_uri: str, run_id: str, run_dir: Path) -> dict[str, 
 
 
 @flow(name="train", log_prints=True)
-def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, run_dir: str | None = None) -> TrainResult:
-    """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run."""
+def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, run_dir: str | None = None,
+               data_version: str | None = None, data_commit: str | None = None, stop_after: int | None = None,
+               extra_tags: dict[str, str] | None = None) -> TrainResult:
+    """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run.
+
+    ``data_version`` (a DVC md5) trains on exactly that version or fails; ``stop_after``
+    ends after N epochs with the full run's schedule (both used by `trainyard reproduce`).
+    """
     logger = get_run_logger()
     params = load_params_task(params_path, tuple(overrides or ()))
     train_args = _train_args(params)
     checks = preflight_task(params)
     logger.info("preflight:\n%s", format_table(checks))
-    staged = stage_task(params)
+    staged = stage_exact_task(params, data_version, data_commit) if data_version else stage_task(params)
     logger.info("staged %s (%d files, %.1f MB) at %s%s in %.1f s", staged.md5, staged.files, staged.bytes / 1e6,
                 staged.path, " (reused)" if staged.reused else "", staged.seconds)
     for note in staged.notes:
@@ -143,12 +152,12 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
     logger.info("tracking at %s (%s)", tracking_uri, uri_from)
     fixed_dir = prepare_run_dir(Path(run_dir).resolve()) if run_dir else None  # refuse before opening a run
-    run_id, name = start_run_task(params, key, tracking_uri, report, staged)
+    run_id, name = start_run_task(params, key, tracking_uri, report, staged, extra_tags or {})
     out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
     try:
         (out / "params.yaml").write_text(params.to_yaml())
         data_yaml = staged.training_yaml(out / "data.yaml")
-        job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args)
+        job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
         with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
             train_task(runner, job, tracking_uri, run_id)
     except BaseException as exc:

@@ -112,13 +112,17 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "require_digest": _Key((bool,), False, "true to refuse a bare tag in container.image"),
         "pull": _Key((bool,), True, "true to pull container.image when it is not on this machine"),
     },
+    "reproduce": {
+        "rtol": _Key((int, float), 0.0, "a relative tolerance like 1e-3 for `trainyard reproduce` (0 = bit-identical)"),
+        "atol": _Key((int, float), 0.0, "an absolute tolerance like 1e-4 for `trainyard reproduce`"),
+    },
     "tracking": {
         "uri": _Key((str, type(None)), None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store"),
         "experiment": _Key((str,), "trainyard", "an MLflow experiment name", _non_empty),
         "run_name": _Key((str, type(None)), None, "a run name, or null for model-data-params"),
     },
 }
-SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "container", "tracking")
+SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "container", "reproduce", "tracking")
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Params:
     train: dict[str, Any]
     runner: dict[str, Any]
     container: dict[str, Any]
+    reproduce: dict[str, Any]
     tracking: dict[str, Any]
     path: Path  # the params.yaml these came from; relative paths resolve against its folder
     overrides: tuple[str, ...] = field(default=())

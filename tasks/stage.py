@@ -371,3 +371,38 @@ def cache_from_params(params: "Params") -> StageCache:
     root = params.resolve_path(params.stage["root"]) if params.stage["root"] else None
     max_gb = params.stage["max_gb"]
     return StageCache(root, int(max_gb * 1e9) if max_gb else None)
+
+
+def stage_exact(params: "Params", md5: str, commit: str | None = None) -> StagedDataset:
+    """Exactly data version ``md5``: from the stage cache, else DVC (the ``.dvc`` file at the
+    recorded commit, fetched from the cache or remote), else the source if it still holds it.
+
+    Raises DataSourceError naming the hash and every place that was tried.
+    """
+    from tasks.errors import TrainyardError
+
+    cache = cache_from_params(params)
+    cache.ensure_root()
+    version = cache.lookup(md5.removesuffix(".dir"))
+    if version is not None:
+        return StagedDataset(version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True)
+    looked = [f"the stage cache {cache.root} (absent)"]
+    spec = source_spec(
+        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
+        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
+    )
+    candidates = []
+    if spec.kind == "local" and commit and commit != "none":
+        if Path(spec.location).with_name(Path(spec.location).name + ".dvc").exists():
+            candidates.append(replace(spec, kind="dvc", rev=commit))
+    candidates.append(spec)
+    for candidate in candidates:
+        try:
+            staged = stage_dataset(candidate, cache, workers=params.stage["workers"])
+        except TrainyardError as exc:
+            looked.append(f"{candidate.display} ({exc})")
+            continue
+        if staged.md5 == md5:
+            return staged
+        looked.append(f"{candidate.display} (now holds {staged.md5})")
+    raise DataSourceError(f"data version {md5} was not found; looked in: " + "; ".join(looked))

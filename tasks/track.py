@@ -200,6 +200,13 @@ class Tracker:
                 out.append(info.path)
         return out
 
+    def read_artifact_text(self, run_id: str, path: str) -> str:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._call(lambda: self.client.download_artifacts(run_id, path, tmp))
+            return Path(local).read_text()
+
     def search_runs(self, experiment: str, filter_string: str = "") -> list[RunRecord]:
         exp = self._call(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:

@@ -50,6 +50,7 @@ class TrainJob:
     run_dir: str  # output directory: weights/, results.csv, plots, outcome.json
     data_yaml: str  # the staged dataset's data.yaml
     args: dict[str, Any] = field(default_factory=dict)  # Ultralytics train arguments, verbatim
+    stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
@@ -110,8 +111,7 @@ def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOut
             super().__init__(*a, **kw)
             _strip_foreign_callbacks(self.callbacks)
             self.trainyard_final_eval = False
-            if on_epoch is not None:
-                self.add_callback("on_fit_epoch_end", _epoch_hook)
+            self.add_callback("on_fit_epoch_end", _epoch_hook)
 
         def final_eval(self) -> None:
             # Ultralytics re-fires on_fit_epoch_end for the validation of best.pt, as a fake
@@ -130,8 +130,14 @@ def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOut
             **trainer.lr,
         }
         metrics.pop("fitness", None)
+        if job.stop_after is not None and epoch >= job.stop_after:
+            # A replay of the first N epochs must keep the LR schedule of the full run, so
+            # `epochs` stays as recorded and training stops here instead.
+            trainer.stop = True
+        if on_epoch is None:
+            return
         try:
-            on_epoch(epoch, {k: float(v) for k, v in metrics.items()})  # type: ignore[misc]
+            on_epoch(epoch, {k: float(v) for k, v in metrics.items()})
         except Exception as exc:  # tracking must never kill a training; the flow backfills
             warnings.warn(f"trainyard: could not log epoch {epoch}: {exc}", stacklevel=1)
 

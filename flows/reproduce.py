@@ -1,0 +1,97 @@
+"""The ``reproduce`` flow: re-run a recorded training from its MLflow record and give a verdict.
+
+Composition only: the record, the exact data version, the same image digest (or
+environment), the same params and seed go into the ``train`` flow; tasks.reproduce compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.train import train_flow
+from tasks.errors import RunnerError
+from tasks.params import load_params
+from tasks.repro_key import ReproKey
+from tasks.reproduce import Verdict, compare, read_record
+from tasks.stage_cache import default_stage_root
+from tasks.track import Tracker, resolve_tracking_uri
+from tasks.version import code_root, code_version
+
+read_record_task = task(read_record, name="read-record", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    original_run_id: str
+    run_id: str
+    verdict: Verdict
+
+
+@task(name="image-drift", cache_policy=NO_CACHE)
+def image_for_reproduction(image: str, digest: str, allow_drift: bool, pull: bool) -> tuple[str, dict[str, str]]:
+    """The image to run: the recorded digest, unless the recorded tag has moved (refused, or --allow-drift)."""
+    from tasks.containers import docker_client, resolve_image
+
+    client = docker_client()
+    try:
+        now = resolve_image(client, image, pull=pull).digest
+    except RunnerError:
+        now = None
+    if now == digest:
+        return digest, {}
+    if not allow_drift:
+        raise RunnerError(
+            f"image {image!r} was {digest} when the run was made and is now {now or 'gone'}; reproduce needs "
+            "that digest (rebuild or pull it), or pass --allow-drift to run the current one and record the drift"
+        )
+    return image, {"trainyard.drift.image": f"{digest} -> {now}"}
+
+
+@flow(name="reproduce", log_prints=True)
+def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | None = None,
+                   allow_drift: bool = False, overrides: list[str] | None = None) -> Reproduction:
+    """Reproduce MLflow run ``run_id``; ``epochs`` replays only the first N epochs."""
+    logger = get_run_logger()
+    local = load_params(params_path)  # this machine's tracking store, stage cache and tolerances
+    uri, _ = resolve_tracking_uri(local.tracking["uri"], local.base_dir)
+    tracker = Tracker(uri)
+    tracker.ping()
+    record = read_record_task(tracker, run_id)
+    replay = min(epochs, record.epochs) if epochs else record.epochs
+    here = code_version(code_root())
+    if here.commit != record.key.code_commit:
+        logger.warning("run %s was made by code commit %s; this checkout is %s (use --checkout to run the recorded code)",
+                       run_id, record.key.code_commit, here.commit)
+    stage_root = local.resolve_path(local.stage["root"]) if local.stage["root"] else default_stage_root()
+    sets = [f"tracking.uri={uri}", f"stage.root={stage_root}"]
+    tags = {"trainyard.reproduces": run_id}
+    if record.key.env_kind == "docker":
+        image, drift = image_for_reproduction(record.run.tags.get("trainyard.image", record.key.env_digest),
+                                              record.key.env_digest, allow_drift, bool(local.container["pull"]))
+        sets.append(f"container.image={image}")
+        tags.update(drift)
+    # The recorded params.yaml, beside the local one so its relative paths mean the same.
+    recorded = local.base_dir / f".reproduce-{run_id}.params.yaml"
+    recorded.write_text(record.params_yaml)
+    try:
+        result = train_flow(params_path=str(recorded), overrides=sets + list(overrides or []),
+                            data_version=record.key.data_hash, data_commit=record.key.code_commit,
+                            stop_after=replay if replay < record.epochs else None, extra_tags=tags)
+    finally:
+        recorded.unlink(missing_ok=True)
+    new = tracker.get_run(result.run_id)
+    histories = {k: tracker.metric_history(result.run_id, k) for k in record.histories}
+    verdict = compare(record.histories, histories, replay, float(local.reproduce["rtol"]),
+                      float(local.reproduce["atol"]), record.key, ReproKey.from_tags(new.tags, result.run_id))
+    table = Path(result.run_dir) / "reproduction.md"
+    table.write_text(verdict.table())
+    tracker.log_artifact(result.run_id, table)
+    tracker.set_tags(result.run_id, {"trainyard.verdict": verdict.kind,
+                                     "trainyard.verdict_changed_inputs": ",".join(verdict.changed_inputs)})
+    logger.info("verdict: %s", verdict.summary())
+    return Reproduction(run_id, result.run_id, verdict)
+
