@@ -122,6 +122,7 @@ def stage_local(source: Path | str, root: Path | str | None = None) -> StagedDat
 def _stage_local(spec: SourceSpec, cache: StageCache, verify: bool, progress: Progress | None) -> StagedDataset:
     source = Path(spec.location)
     listing = _list_local(source)
+    _require_yolo_root([rel for rel, _s, _m in listing], spec.display)
     source_id = f"local:{source.resolve()}"
     fingerprint = _fingerprint(listing)
     if not verify:
@@ -259,6 +260,7 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
     objects = client.list_objects(loc)
     for obj in objects:
         check_relpath(obj.relpath, spec.location)
+    _require_yolo_root([o.relpath for o in objects], spec.display)
     source_id = f"s3:{spec.endpoint_url or ''}:{loc.url}"
     fingerprint = _fingerprint([(o.relpath, o.size, o.etag) for o in objects])
     if not verify:
@@ -299,6 +301,15 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
 
 
 # ---------------------------------------------------------------------- shared
+
+
+def _require_yolo_root(relpaths: list[str], display: str) -> None:
+    """Refuse before copying anything when the source is not a YOLO dataset at all."""
+    if "data.yaml" not in relpaths:
+        raise DataSourceError(
+            f"{display} has no data.yaml at its top, so it is not a YOLO dataset (valid form: a folder or "
+            "prefix with data.yaml, images/<split>/ and labels/<split>/); nothing was staged"
+        )
 
 
 def _index_hit(cache: StageCache, source_id: str, fingerprint: str, display: str,

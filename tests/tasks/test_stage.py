@@ -175,6 +175,11 @@ def test_bad_sources_and_roots_are_one_clear_error(tmp_path: Path, tiny_dataset:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataSourceError, match="is empty"):
         stage_local(tmp_path / "empty", tmp_path / "cache")
+    (tmp_path / "notyolo").mkdir()
+    (tmp_path / "notyolo" / "notes.txt").write_text("hello")
+    with pytest.raises(DataSourceError, match="not a YOLO dataset"):
+        stage_local(tmp_path / "notyolo", tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(DataSourceError, match="stage.root"):

@@ -90,7 +90,9 @@ def test_five_percent_errors_and_timeouts_are_retried(s3_env: str, fault_proxy: 
 def test_bad_s3_sources_are_one_clear_error_and_publish_nothing(s3_env: str, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     make_bucket(s3_env, "empty-bucket-x", {})
+    make_bucket(s3_env, "notyolo-bucket-x", {"stuff/readme.txt": b"hi", "stuff/a/b.bin": b"\x00"})
     cases = {
+        "s3://notyolo-bucket-x/stuff": "not a YOLO dataset",
         f"s3://{unique_bucket('missing')}/data": "does not exist",
         "s3://empty-bucket-x/nothing": "holds no objects",
     }
