@@ -26,7 +26,9 @@ venv: $(STAMP)  ## the virtual env, exactly as requirements.lock says
 	  || $(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 # --no-deps: the lock is complete, so pip installs it as is, with no resolver run.
-$(STAMP): requirements.lock
+# The stamp's name carries the lock's hash, so a changed lock rebuilds and a fresh clone
+# (new mtimes, same lock) reuses a shared venv.
+$(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "trainyard needs Python >= 3.11 (found $(PYTHON))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=68" wheel
