@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tasks.errors import DatasetError, TrainyardError
+from tasks.errors import DatasetError, PreflightError, TrainyardError
+
+REPRODUCTION_DIFFERS = 7  # exit code of `trainyard reproduce` when the verdict is "differs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,16 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from tasks.params import load_params
-
-    load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
-    # The ephemeral Prefect API's telemetry heartbeat races its own SQLite migrations on first
-    # use (a "database is locked" traceback in the middle of the demo) and phones home.
+def _prefect_defaults() -> None:
+    """Settings for Prefect's ephemeral API, unless the user chose otherwise."""
+    # Its telemetry heartbeat races its own SQLite migrations on first use (a "database is
+    # locked" traceback in the middle of the demo), and it phones home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # First use creates its database (tens of seconds on a busy 2-core box); Prefect's 20 s
     # default would fail a training that never even started.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+
+    load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
+    _prefect_defaults()
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
     result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir)
@@ -256,8 +263,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from tasks.params import load_params
 
     load_params(args.params, args.overrides)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    _prefect_defaults()
     if args.checkout:
         return _reproduce_in_worktree(args)
     from flows.reproduce import reproduce_flow
@@ -268,7 +274,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print()
     print(f"reproduction of {result.original_run_id}: MLflow run {result.run_id}")
     print(f"verdict      {result.verdict.summary()}")
-    return 7 if result.verdict.kind == DIFFERS else 0
+    return REPRODUCTION_DIFFERS if result.verdict.kind == DIFFERS else 0
 
 
 def _reproduce_in_worktree(args: argparse.Namespace) -> int:
@@ -312,7 +318,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     failed = failures(checks)
     if failed:
         print(f"\n{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
-        return 6
+        return PreflightError.exit_code
     print("\nready")
     return 0
 

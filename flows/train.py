@@ -79,8 +79,7 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
 def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport,
                    staged: StagedDataset, extra_tags: dict[str, str]) -> tuple[str, str]:
-    tracker = Tracker(tracking_uri)
-    tracker.ping()
+    tracker = Tracker(tracking_uri)  # reachability was checked by the preflight
     name = params.tracking["run_name"] or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
     tags = {
         **key.tags(),
@@ -163,8 +162,9 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
-            Tracker(tracking_uri).set_tags(run_id, {"trainyard.error": str(exc)[:5000]})
-            Tracker(tracking_uri).end_run(run_id, status)
+            tracker = Tracker(tracking_uri)
+            tracker.set_tags(run_id, {"trainyard.error": str(exc)[:5000]})
+            tracker.end_run(run_id, status)
         except TrainyardError:
             logger.warning("could not mark MLflow run %s as %s", run_id, status)
         raise

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping
 
 from tasks.environment import Environment
 from tasks.errors import RunnerError, TrainingError
-from tasks.train import JOB_FILE, TrainJob
+from tasks.runners import last_frame, last_lines
+from tasks.train import JOB_FILE, TrainJob, data_root
 
 LogSink = Callable[[str], None]
 CUDA_LABEL = "org.trainyard.cuda"
@@ -155,7 +156,7 @@ class DockerRunner:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         job_path = job.write(run_dir / JOB_FILE)
-        data_dir = Path(_data_root(Path(job.data_yaml)))
+        data_dir = data_root(Path(job.data_yaml))
         mounts = [Mount(str(run_dir), str(run_dir), type="bind", read_only=False),
                   Mount(str(data_dir), str(data_dir), type="bind", read_only=True)]
         model = Path(str(job.args.get("model", "")))
@@ -172,7 +173,6 @@ class DockerRunner:
         container_env, network = _container_env(env)
         kwargs: dict[str, Any] = dict(
             command=[str(job_path)],
-            detach=True,
             mounts=mounts,
             environment=container_env,
             shm_size=self.shm_size,  # Docker's 64 MB /dev/shm kills PyTorch dataloader workers
@@ -192,7 +192,6 @@ class DockerRunner:
             # GPUs: raising memlock needs privileges a CPU-only or rootless engine may not grant.
             kwargs["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
                                  Ulimit(name="stack", soft=67108864, hard=67108864)]
-        kwargs.pop("detach")
         try:
             container = self.client.containers.create(self.resolved.run_ref, **kwargs)
         except docker.errors.APIError as exc:
@@ -210,8 +209,8 @@ class DockerRunner:
             for chunk in container.logs(stream=True, follow=True):
                 pending += chunk.decode("utf-8", errors="replace")
                 *lines, pending = pending.split("\n")
-                for line in lines:
-                    line = line.split("\r")[-1].replace("\x1b[K", "").rstrip()
+                for raw in lines:
+                    line = last_frame(raw)
                     if line:
                         tail = (tail + [line])[-30:]
                         log(line)
@@ -227,9 +226,7 @@ class DockerRunner:
             raise TrainingError(f"the training container ran out of memory (OOMKilled); lower train.batch or "
                                 f"train.imgsz, or give the container more memory; output in {run_dir}")
         if code != 0:
-            shown = "\n".join(f"  | {line}" for line in tail[-15:])
-            raise TrainingError(f"training container exited with code {code}; output in {run_dir}"
-                                + (f"; last lines:\n{shown}" if shown else ""))
+            raise TrainingError(f"training container exited with code {code}; output in {run_dir}{last_lines(tail)}")
 
 
 def gpu_requests(gpus: str) -> list[dict[str, Any]]:
@@ -248,10 +245,6 @@ def gpu_requests(gpus: str) -> list[dict[str, Any]]:
 def has_nvidia_runtime(client: Any) -> bool:
     runtimes = (client.info() or {}).get("Runtimes") or {}
     return "nvidia" in runtimes
-
-
-def list_trainyard_containers(client: Any) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": "org.trainyard.run_dir"})
 
 
 def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
@@ -275,13 +268,6 @@ def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
         if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
             network = "host"
     return out, network
-
-
-def _data_root(data_yaml: Path) -> str:
-    import yaml
-
-    config = yaml.safe_load(data_yaml.read_text()) or {}
-    return str(config.get("path") or data_yaml.parent)
 
 
 def _short(exc: BaseException) -> str:

@@ -78,7 +78,7 @@ class LocalRunner:
         try:
             if proc.stdout is not None:
                 for raw in proc.stdout:  # bytes: text mode would turn every \r redraw into a line
-                    line = _last_frame(raw.decode("utf-8", errors="replace"))
+                    line = last_frame(raw.decode("utf-8", errors="replace"))
                     if line:
                         tail.append(line)
                         log(line)
@@ -107,8 +107,13 @@ def _failure_message(code: int, tail: list[str], run_dir: Path) -> str:
         why = f"was stopped by signal {-code}"
     else:
         why = f"exited with code {code}"
+    return f"training process {why}; output in {run_dir}{last_lines(tail)}"
+
+
+def last_lines(tail: list[str]) -> str:
+    """The end of a training's output, for an error message (empty when there was none)."""
     shown = "\n".join(f"  | {line}" for line in tail[-15:])
-    return f"training process {why}; output in {run_dir}" + (f"; last lines:\n{shown}" if shown else "")
+    return f"; last lines:\n{shown}" if shown else ""
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -122,7 +127,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _last_frame(raw: str) -> str:
+def last_frame(raw: str) -> str:
     """A progress bar redraws with \\r: keep only what a terminal would finally show."""
     text = raw.rstrip("\n").split("\r")[-1]
     return text.replace("\x1b[K", "").rstrip()
@@ -145,10 +150,10 @@ def make_runner(kind: str, container: Mapping[str, object] | None = None) -> Run
     if kind == "docker":
         from tasks.containers import DockerRunner  # the docker SDK only when it is used
 
-        c = dict(container or {})
+        c = container or {}
         if not c.get("image"):
             raise RunnerError("runner.kind is docker but container.image is not set (valid form: name:tag or name@sha256:...)")
-        return DockerRunner(str(c["image"]), gpus=str(c.get("gpus", "none")), shm_size=str(c.get("shm_size", "8g")),
-                            ipc=c.get("ipc") or None, require_digest=bool(c.get("require_digest", False)),  # type: ignore[arg-type]
-                            pull=bool(c.get("pull", True)))
+        return DockerRunner(str(c["image"]), gpus=str(c["gpus"]), shm_size=str(c["shm_size"]),
+                            ipc=str(c["ipc"]) if c["ipc"] else None, require_digest=bool(c["require_digest"]),
+                            pull=bool(c["pull"]))
     raise RunnerError(f"runner.kind {kind!r} is not available; valid: local, docker")

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Callable
 
 import yaml
 
-from tasks.errors import DataSourceError
-from tasks.stage_cache import Manifest, StageCache, check_relpath
-from tasks.version import dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
+from tasks.errors import DataSourceError, TrainyardError
+from tasks.stage_cache import Manifest, StageCache, check_relpath, size_is
+from tasks.version import DVC_SKIPPED_DIRS, dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -126,12 +126,12 @@ def _stage_local(spec: SourceSpec, cache: StageCache, verify: bool, progress: Pr
     source_id = f"local:{source.resolve()}"
     fingerprint = _fingerprint(listing)
     if not verify:
-        hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+        hit = _index_hit(cache, source_id, fingerprint, spec.display)
         if hit:
             return replace(hit, notes=_dvc_sync_note(source, hit.md5))
     with cache.writer_lock(_lock_name(source_id)):
         if not verify:
-            hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+            hit = _index_hit(cache, source_id, fingerprint, spec.display)
             if hit:
                 return replace(hit, notes=_dvc_sync_note(source, hit.md5))
         cache.admit(sum(size for _rel, size, _m in listing), spec.display)
@@ -165,7 +165,7 @@ def _list_local(source: Path) -> list[tuple[str, int, int]]:
     out: list[tuple[str, int, int]] = []
     errors: list[OSError] = []
     for dirpath, dirs, files in os.walk(source, onerror=errors.append):
-        dirs[:] = [d for d in dirs if d not in (".git", ".hg", ".dvc")]
+        dirs[:] = [d for d in dirs if d not in DVC_SKIPPED_DIRS]
         for name in dirs:
             _check_link(Path(dirpath) / name, real_root, source)
         for name in files:
@@ -200,7 +200,7 @@ def _copy_local(source: Path, work: Path, listing: list[tuple[str, int, int]],
     done_files = done_bytes = 0
     for rel, size, _mtime in listing:
         dest = work / rel
-        if _present(dest, size):
+        if size_is(dest, size):
             md5s[rel] = file_md5(dest)  # resumed: trust nothing, but do not re-read the source
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -264,12 +264,12 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
     source_id = f"s3:{spec.endpoint_url or ''}:{loc.url}"
     fingerprint = _fingerprint([(o.relpath, o.size, o.etag) for o in objects])
     if not verify:
-        hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+        hit = _index_hit(cache, source_id, fingerprint, spec.display)
         if hit:
             return hit
     with cache.writer_lock(_lock_name(source_id)):
         if not verify:
-            hit = _index_hit(cache, source_id, fingerprint, spec.display, ())
+            hit = _index_hit(cache, source_id, fingerprint, spec.display)
             if hit:
                 return hit
         known = all(o.md5 for o in objects)
@@ -284,7 +284,7 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
         work = cache.partial_dir(key or f"fp-{fingerprint[:32]}")
         # Resume: a file is only ever renamed into the work dir after its size (and md5, when
         # S3 knows it) checked out, so a present file of the right size is already verified.
-        todo = [o for o in objects if not _present(work / o.relpath, o.size)]
+        todo = [o for o in objects if not size_is(work / o.relpath, o.size)]
         md5s = client.download_many(todo, work, on_progress=progress)
         trusted = set(md5s)
         manifest = [(o.relpath, o.size, o.md5 or md5s.get(o.relpath) or file_md5(work / o.relpath)) for o in objects]
@@ -312,15 +312,14 @@ def _require_yolo_root(relpaths: list[str], display: str) -> None:
         )
 
 
-def _index_hit(cache: StageCache, source_id: str, fingerprint: str, display: str,
-               notes: tuple[str, ...]) -> StagedDataset | None:
+def _index_hit(cache: StageCache, source_id: str, fingerprint: str, display: str) -> StagedDataset | None:
     key = cache.index_get(source_id, fingerprint)
     if not key:
         return None
     version = cache.lookup(key)
     if version is None:
         return None
-    return StagedDataset(version.path, f"{key}.dir", display, version.files, version.bytes, True, notes=notes)
+    return StagedDataset(version.path, f"{key}.dir", display, version.files, version.bytes, True)
 
 
 def _fingerprint(listing: list[tuple[str, int, object]]) -> str:
@@ -332,13 +331,6 @@ def _fingerprint(listing: list[tuple[str, int, object]]) -> str:
 
 def _lock_name(source_id: str) -> str:
     return "src-" + hashlib.sha256(source_id.encode()).hexdigest()[:32]
-
-
-def _present(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False
 
 
 def _dvc_sync_note(source: Path, md5: str | None) -> tuple[str, ...]:
@@ -368,14 +360,18 @@ def terminal_progress(label: str) -> Progress | None:
 
 def stage_from_params(params: "Params", *, verify: bool | None = None, progress: bool = True) -> StagedDataset:
     """Stage ``data.source`` as params.yaml describes it (the flow's and the CLI's entry)."""
-    spec = source_spec(
-        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
-        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
-    )
+    spec = spec_from_params(params)
     cache = cache_from_params(params)
     bar = terminal_progress(label=f"staging {spec.display}") if progress else None
     return stage_dataset(spec, cache, verify=params.stage["verify"] if verify is None else verify,
                          workers=params.stage["workers"], progress=bar)
+
+
+def spec_from_params(params: "Params") -> SourceSpec:
+    return source_spec(
+        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
+        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
+    )
 
 
 def cache_from_params(params: "Params") -> StageCache:
@@ -390,18 +386,13 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
 
     Raises DataSourceError naming the hash and every place that was tried.
     """
-    from tasks.errors import TrainyardError
-
     cache = cache_from_params(params)
     cache.ensure_root()
     version = cache.lookup(md5.removesuffix(".dir"))
     if version is not None:
         return StagedDataset(version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True)
     looked = [f"the stage cache {cache.root} (absent)"]
-    spec = source_spec(
-        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
-        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
-    )
+    spec = spec_from_params(params)
     candidates = []
     if spec.kind == "local" and commit and commit != "none":
         if Path(spec.location).with_name(Path(spec.location).name + ".dvc").exists():

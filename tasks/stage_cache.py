@@ -97,8 +97,7 @@ class StageCache:
     def touch(self, key: str) -> None:
         marker = self.version_path(key) / LAST_USED
         with contextlib.suppress(OSError):
-            marker.touch()
-            os.utime(marker, None)
+            marker.touch()  # bumps the mtime LRU eviction reads
 
     # ------------------------------------------------------------------ index (warm path)
 
@@ -137,9 +136,7 @@ class StageCache:
 
         ``trusted`` relpaths were hashed as they were written; only their sizes are re-checked.
         """
-        trusted = trusted or set()
-        bad = verify_files(work, [e for e in manifest if e[0] not in trusted])
-        bad += [rel for rel, size, _ in manifest if rel in trusted and not _size_is(work / rel, size)]
+        bad = verify_files(work, manifest, size_only=trusted or set())
         if bad:
             raise DataSourceError(
                 f"staged copy of {source} failed verification ({len(bad)} file(s), first: {bad[0]}); rerun to re-fetch them"
@@ -205,6 +202,8 @@ class StageCache:
     def evict(self, extra_bytes: int = 0, keep: str | None = None) -> list[str]:
         """Remove least recently used versions until the cache fits max_bytes (and ``extra_bytes`` more is free)."""
         removed: list[str] = []
+        if self.max_bytes is None and not extra_bytes:
+            return removed  # no budget and no space request: nothing to do (and no manifest reads on the warm path)
         versions = self.versions()
         total = sum(v.bytes for _, v in versions)
         for _used, version in versions:
@@ -232,8 +231,7 @@ class StageCache:
         trash = self.root / ".partial" / f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
         with contextlib.suppress(OSError):
             os.rename(path, trash)  # out of sight first: a reader never sees a half-deleted version
-            _make_writable(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)  # read-only files go: their folders are writable
 
 
 # ---------------------------------------------------------------------- helpers
@@ -247,17 +245,19 @@ def read_manifest(path: Path) -> Manifest | None:
     return [(str(r), int(s), str(m)) for r, s, m in data.get("files", [])]
 
 
-def verify_files(root: Path, manifest: Manifest) -> list[str]:
-    """Relpaths whose size or md5 does not match; hashes only files whose size matched."""
+def verify_files(root: Path, manifest: Manifest, size_only: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Relpaths whose size or md5 does not match. Files in ``size_only`` were hashed as they
+    were written, so only their size is checked; others are hashed when their size matches.
+    """
     from tasks.version import file_md5
 
     bad = []
     for rel, size, md5 in manifest:
         p = root / rel
         try:
-            if p.stat().st_size != size or file_md5(p) != md5:
+            if not size_is(p, size) or (rel not in size_only and file_md5(p) != md5):
                 bad.append(rel)
-        except (OSError, Exception):  # noqa: BLE001 - a missing or unreadable file is simply bad
+        except Exception:  # noqa: BLE001 - an unreadable file is simply bad
             bad.append(rel)
     return bad
 
@@ -270,7 +270,7 @@ def check_relpath(rel: str, source: str) -> str:
     return rel
 
 
-def _size_is(path: Path, size: int) -> bool:
+def size_is(path: Path, size: int) -> bool:
     try:
         return path.stat().st_size == size
     except OSError:
@@ -293,13 +293,6 @@ def _make_files_read_only(tree: Path) -> None:
         for name in files:
             p = Path(dirpath) / name
             p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _make_writable(tree: Path) -> None:
-    for dirpath, dirs, _files in os.walk(tree):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                (Path(dirpath) / name).chmod(0o755)
 
 
 @contextlib.contextmanager

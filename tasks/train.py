@@ -163,22 +163,27 @@ def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOut
     return outcome
 
 
+def data_root(data_yaml: Path) -> Path:
+    """The dataset folder a training data.yaml points at (its ``path:``, else its own folder)."""
+    import yaml
+
+    return Path((yaml.safe_load(data_yaml.read_text()) or {}).get("path") or data_yaml.parent)
+
+
 def runtime_facts(job: TrainJob) -> dict[str, Any]:
     """Where the training ran, for the record (and for proving a container's isolation)."""
     import tempfile
 
-    import yaml
-
-    data_root = Path((yaml.safe_load(Path(job.data_yaml).read_text()) or {}).get("path") or Path(job.data_yaml).parent)
+    root = data_root(Path(job.data_yaml))
     try:
-        with tempfile.TemporaryFile(dir=data_root):
+        with tempfile.TemporaryFile(dir=root):
             data_writable = True
     except OSError:
         data_writable = False
     return {
         "uid": os.getuid(),
         "in_container": Path("/.dockerenv").exists(),
-        "data_dir": str(data_root),
+        "data_dir": str(root),
         "data_dir_writable": data_writable,
     }
 

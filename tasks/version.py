@@ -67,7 +67,7 @@ __all__ = [
 
 _CHUNK = 1024 * 1024
 # DVC's default ignore list (dvc/ignore.py: DvcIgnoreFilter): these names are never hashed.
-_DVC_SKIPPED_DIRS = frozenset({".git", ".hg", ".dvc"})
+DVC_SKIPPED_DIRS = frozenset({".git", ".hg", ".dvc"})
 _DVC_SKIPPED_FILES = frozenset({".git"})
 _DVCIGNORE = ".dvcignore"
 _DIR_SUFFIX = ".dir"
@@ -107,7 +107,7 @@ def dir_manifest(path: Path | str) -> list[tuple[str, int, str]]:
     entries: list[tuple[str, int, str]] = []
     walk_errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(root_str, onerror=walk_errors.append):
-        dirnames[:] = [d for d in dirnames if d not in _DVC_SKIPPED_DIRS]
+        dirnames[:] = [d for d in dirnames if d not in DVC_SKIPPED_DIRS]
         if _DVCIGNORE in filenames:
             raise VersioningError(
                 f"{Path(dirpath) / _DVCIGNORE} is inside the dataset directory {root}; DVC "

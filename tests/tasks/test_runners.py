@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import TrainingError
-from tasks.runners import LocalRunner, _last_frame, make_runner
+from tasks.runners import LocalRunner, last_frame, make_runner
 from tasks.train import JOB_FILE, TrainJob
 
 
@@ -37,7 +37,7 @@ def test_a_killed_training_is_reported_as_probably_out_of_memory(tmp_path: Path)
 
 def test_progress_bar_redraws_collapse_to_the_final_frame() -> None:
     raw = "  1/2  0% 0/6\r  1/2 50% 3/6\r  1/2 100% 6/6\x1b[K\n"
-    assert _last_frame(raw) == "  1/2 100% 6/6"
+    assert last_frame(raw) == "  1/2 100% 6/6"
 
 
 def test_unknown_runner_kind_names_the_valid_ones() -> None:

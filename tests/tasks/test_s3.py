@@ -20,20 +20,8 @@ import pytest
 from tasks.errors import DataSourceError
 from tasks.s3 import ChecksumError, RemoteObject, S3Client, S3Location, etag_md5, parse_s3_url
 from tasks.version import dir_manifest
-from tests.s3server import (  # noqa: F401 - fixtures used by name
-    FaultProxy,
-    MotoServer,
-    fault_proxy,
-    make_bucket,
-    moto_server,
-    no_aws_credentials,
-    put_multipart,
-    put_object,
-    s3_env,
-    unique_bucket,
-)
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+from tests.s3server import FaultProxy, MotoServer, make_bucket, put_multipart, put_object, unique_bucket
 
 
 def md5(data: bytes) -> str:
