@@ -109,6 +109,10 @@ LABEL org.trainyard.cuda="${CUDA_VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV TRAINYARD_CUDA_VERSION=${CUDA_VERSION}
 
+# /stage: where the work pools of docker/pools/ mount the stage cache (stage.root=/stage). Owned by
+# the image's user because a new named volume takes the owner of the directory it is mounted on.
+RUN install -d -o trainyard -g trainyard /stage
+
 # Project code last: a code change rebuilds only these layers. Installed (not editable) into
 # the venv, because the runner starts the container with working_dir = the run directory.
 WORKDIR /opt/trainyard/src

@@ -6,6 +6,7 @@
     trainyard evaluate   write metrics.json from a finished run directory
     trainyard data demo  generate the built-in demo dataset (and DVC-track it)
     trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
+    trainyard serve      serve prefect.yaml's deployments on their schedules from this machine
     trainyard doctor     preflight checks, each failure with its fix
     trainyard ui         open the MLflow UI on the configured tracking store
 """
@@ -53,12 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train with the Prefect flow and print the MLflow run")
     with_params(run)
     run.add_argument("--run-dir", default=None, help="output directory (default: runs/<mlflow run id>)")
-    run.set_defaults(func=_cmd_run)
+    run.add_argument("--force", action="store_true",
+                     help="train even if a finished run has the same data, params and image/environment")
+    run.set_defaults(func=_cmd_run, force=False)
 
     train = sub.add_parser("train", help="the train flow into a fixed run directory (used by dvc.yaml)")
     with_params(train)
     train.add_argument("--run-dir", required=True, help="output directory, e.g. runs/dvc")
-    train.set_defaults(func=_cmd_run)
+    # dvc has already decided that this stage must run, and its outputs must land in --run-dir
+    train.set_defaults(func=_cmd_run, force=True)
 
     val = sub.add_parser("validate", help="validate a YOLO dataset (default: data.source of params.yaml)")
     with_params(val)
@@ -102,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--checkout", action="store_true", help="run the recorded code commit in a temporary git worktree")
     rep.set_defaults(func=_cmd_reproduce)
 
+    srv = sub.add_parser("serve", help="run prefect.yaml's deployments on their schedules from this machine (no worker)")
+    srv.add_argument("--file", default="prefect.yaml", help="the prefect.yaml to read (default: ./prefect.yaml)")
+    srv.add_argument("--deployment", action="append", default=[], metavar="NAME",
+                     help="serve this deployment (repeatable; default: those of the 'trainyard' process pool)")
+    srv.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1: one training per GPU box)")
+    srv.add_argument("--check", action="store_true", help="check the deployments and schedules, print them, and exit")
+    srv.set_defaults(func=_cmd_serve)
+
     doc = sub.add_parser("doctor", help="preflight checks (Docker, GPU runtime, driver vs image CUDA, space, MLflow, data)")
     with_params(doc)
     doc.set_defaults(func=_cmd_doctor)
@@ -131,15 +143,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
-    result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir)
+    result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir, force=args.force)
     m = result.metrics
     print()
+    if result.outcome == "up to date":
+        print("up to date   same data, params and environment as this finished run; nothing trained (--force retrains)")
     print(f"MLflow run   {result.run_id}  ({result.run_name}, experiment {result.experiment!r})")
     print(f"mAP50        {m.get('mAP50', float('nan')):.4f}")
     print(f"mAP50-95     {m.get('mAP50-95', float('nan')):.4f}")
     print(f"run dir      {result.run_dir}")
     print(f"tracking     {result.tracking_uri}")
-    print("open the UI  trainyard ui   (then http://127.0.0.1:5000)")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        print(f"open         {result.run_url}")
+    else:
+        print(f"open the UI  trainyard ui   (then {result.run_url})")
     return 0
 
 
@@ -307,6 +324,41 @@ def _reproduce_in_worktree(args: argparse.Namespace) -> int:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=repo, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tasks.deployments import read_deployments, select
+
+    path = Path(args.file)
+    specs = select(read_deployments(path), args.deployment)  # a typo fails here, before Prefect starts
+    if args.limit < 1:
+        raise TrainyardError(f"--limit must be 1 or more, not {args.limit}")
+    _prefect_defaults()
+    from flows.serve import build_deployments, serve_file
+
+    for spec in specs:
+        when = "; ".join(_describe_schedule(s) for s in spec.schedules) or "on demand"
+        print(f"{spec.name:<16} {spec.entrypoint:<34} {when}")
+    if args.check:
+        build_deployments(path.resolve(), args.deployment)  # imports the flows, checks parameters
+        print("ok")
+        return 0
+    if not os.environ.get("PREFECT_API_URL"):
+        print("note: PREFECT_API_URL is not set: serving against a temporary API that ends with this process; "
+              "for the UI and lasting history run `prefect server start` and export "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+    serve_file(path, args.deployment, limit=args.limit)
+    return 0
+
+
+def _describe_schedule(s: dict) -> str:
+    if s.get("cron"):
+        text = f"cron {s['cron']}" + (f" {s['timezone']}" if s.get("timezone") else "")
+    elif s.get("interval"):
+        text = f"every {s['interval']} s"
+    else:
+        text = f"rrule {s['rrule']}"
+    return text + ("" if s.get("active", True) else " (inactive)")
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

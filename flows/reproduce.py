@@ -80,7 +80,8 @@ def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | 
     try:
         result = train_flow(params_path=str(recorded), overrides=sets + list(overrides or []),
                             data_version=record.key.data_hash, data_commit=record.key.code_commit,
-                            stop_after=replay if replay < record.epochs else None, extra_tags=tags)
+                            stop_after=replay if replay < record.epochs else None, extra_tags=tags,
+                             force=True)  # the point is to train again
     finally:
         recorded.unlink(missing_ok=True)
     new = tracker.get_run(result.run_id)

@@ -8,22 +8,26 @@ the `dvc repro` train stage and scheduled deployments.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from prefect.artifacts import create_markdown_artifact
+
 from tasks.doctor import ensure_ready, format_table
-from tasks.errors import TrainyardError
+from tasks.errors import TrainingError, TrainyardError
 from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
-from tasks.repro_key import ReproKey, run_name, trainyard_version
+from tasks.repro_key import COMPLETE_TAG, ReproKey, run_name, same_inputs_filter, trainyard_version
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
-from tasks.track import Tracker, backfill_epochs, default_artifact_root, iter_artifacts, resolve_tracking_uri
-from tasks.train import TrainJob, prepare_run_dir
+from tasks.summary import RunSummary
+from tasks.track import (RunRecord, Tracker, backfill_epochs, default_artifact_root, iter_artifacts,
+                         resolve_tracking_uri)
+from tasks.train import TrainJob, clear_training_outputs, prepare_run_dir, resume_point
 from tasks.validate import ValidationReport, ensure_valid
 from tasks.version import code_root, code_version
 
@@ -40,6 +44,9 @@ class TrainResult:
     experiment: str
     metrics: dict[str, float | int]
     key: dict[str, Any]
+    outcome: str = "trained"  # or "up to date": an earlier run already trained on the same inputs
+    run_url: str = ""
+    resumed_after: list[int] = field(default_factory=list)  # epochs at which a crashed training resumed
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -101,15 +108,59 @@ def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: Val
     return run_id, name
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) -> None:
+def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
+    """A killed or crashed training resumes from last.pt; one that never got going is not retried."""
+    exc = getattr(state, "data", None)
+    return isinstance(exc, TrainingError) and exc.resumable
+
+
+@task(name="train", cache_policy=NO_CACHE, retry_condition_fn=retry_if_resumable)
+def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) -> list[int]:
+    """Run the training; on a retry, resume from the run directory's last.pt into the same MLflow run.
+
+    Returns the epochs after which it resumed (empty when it ran straight through).
+    """
     logger = get_run_logger()
+    run_dir = Path(job.run_dir)
+    done = resume_point(run_dir)
+    resumed: list[int] = []
+    if done is not None or (run_dir / "results.csv").exists() or (run_dir / "weights").exists():
+        # A retry. Epochs the run already holds are never logged twice, whatever the checkpoint says.
+        tracker = Tracker(tracking_uri)
+        resumed = _resumed_after(tracker, run_id)
+        logged = max((step for step, _ in tracker.metric_history(run_id, "train/box_loss")), default=0)
+        if done is not None:
+            resumed.append(done)
+            logger.warning("resuming the training from %s after epoch %d, into MLflow run %s",
+                           run_dir / "weights" / "last.pt", done, run_id)
+            tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, resumed))})
+            job = replace(job, resume=True, logged_through=logged)
+        else:
+            logger.warning("the previous attempt left no checkpoint to resume from; training again from epoch 1")
+            clear_training_outputs(run_dir)
+            job = replace(job, logged_through=logged)
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run_id}
-    runner.run(job, env, logger.info)
+    try:
+        runner.run(job, env, logger.info)
+    except TrainingError as exc:
+        # Worth a retry when the process was killed (OOM killer, preemption, a lost container)
+        # or when it left a checkpoint to go on from; a training that fails before its first
+        # epoch (bad arguments, missing files) would fail the same way again.
+        exc.resumable = exc.killed or resume_point(run_dir) is not None
+        raise
+    return resumed
+
+
+RESUMED_TAG = "trainyard.resumed_after"
+
+
+def _resumed_after(tracker: Tracker, run_id: str) -> list[int]:
+    text = tracker.get_run(run_id).tags.get(RESUMED_TAG, "")
+    return [int(x) for x in text.split(",") if x.strip().isdigit()]
 
 
 @task(name="finish-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
-def finish_run_task(tracking_uri: str, run_id: str, run_dir: Path) -> dict[str, float | int]:
+def finish_run_task(tracking_uri: str, run_id: str, run_dir: Path, complete: bool) -> dict[str, float | int]:
     tracker = Tracker(tracking_uri)
     backfilled = backfill_epochs(tracker, run_id, run_dir / "results.csv")
     if backfilled:
@@ -121,16 +172,34 @@ def finish_run_task(tracking_uri: str, run_id: str, run_dir: Path) -> dict[str, 
         tracker.log_artifacts(run_id, weights, "weights")
     for path in iter_artifacts(run_dir, ARTIFACT_PATTERNS):
         tracker.log_artifact(run_id, path)
+    # "complete" marks a run that trained every epoch: only such a run can make a later,
+    # unchanged scheduled run "up to date" (a reproduction of 3 epochs must not).
+    tracker.set_tags(run_id, {COMPLETE_TAG: "true" if complete else "false", "trainyard.run_dir": str(run_dir)})
     tracker.end_run(run_id, "FINISHED")
     return metrics
+
+
+@task(name="find-up-to-date-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+def up_to_date_task(tracking_uri: str, experiment: str, key: ReproKey) -> RunRecord | None:
+    """The latest finished, complete run trained on the same data, params and image/environment."""
+    return Tracker(tracking_uri).latest_run(experiment, same_inputs_filter(key))
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE)
+def publish_summary_task(summary: RunSummary) -> None:
+    """The flow run's summary in the Prefect UI (Artifacts tab), keyed so runs line up in one history."""
+    create_markdown_artifact(markdown=summary.markdown(), key="trainyard-train",
+                             description=f"trainyard train: {summary.outcome}, MLflow run {summary.run_id}")
 
 
 @flow(name="train", log_prints=True)
 def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, run_dir: str | None = None,
                data_version: str | None = None, data_commit: str | None = None, stop_after: int | None = None,
-               extra_tags: dict[str, str] | None = None) -> TrainResult:
+               extra_tags: dict[str, str] | None = None, force: bool = False) -> TrainResult:
     """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run.
 
+    Unless ``force``, a run whose data hash, params hash and image/environment digest equal
+    those of an earlier finished run does not train: it reports "up to date" with that run.
     ``data_version`` (a DVC md5) trains on exactly that version or fails; ``stop_after``
     ends after N epochs with the full run's schedule (both used by `trainyard reproduce`).
     """
@@ -150,15 +219,22 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
     logger.info("tracking at %s (%s)", tracking_uri, uri_from)
+    experiment = params.tracking["experiment"]
+    if not force:
+        prior = up_to_date_task(tracking_uri, experiment, key)
+        if prior is not None:
+            return _up_to_date(prior, key, params, tracking_uri)
     fixed_dir = prepare_run_dir(Path(run_dir).resolve()) if run_dir else None  # refuse before opening a run
-    run_id, name = start_run_task(params, key, tracking_uri, report, staged, extra_tags or {})
+    run_id, name = start_run_task(params, key, tracking_uri, report, staged, {**_prefect_tags(), **(extra_tags or {})})
     out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
     try:
         (out / "params.yaml").write_text(params.to_yaml())
         data_yaml = staged.training_yaml(out / "data.yaml")
         job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
         with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
-            train_task(runner, job, tracking_uri, run_id)
+            resumed = train_task.with_options(retries=params.runner["retries"],
+                                              retry_delay_seconds=params.runner["retry_delay"])(
+                runner, job, tracking_uri, run_id)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
@@ -168,18 +244,59 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         except TrainyardError:
             logger.warning("could not mark MLflow run %s as %s", run_id, status)
         raise
-    metrics = finish_run_task(tracking_uri, run_id, out)
+    metrics = finish_run_task(tracking_uri, run_id, out, complete=stop_after is None)
+    tracker = Tracker(tracking_uri)
+    url = tracker.run_url(tracker.get_run(run_id))
+    outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
+    publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))
     result = TrainResult(
         run_id=run_id,
         run_name=name,
         run_dir=str(out),
         tracking_uri=tracking_uri,
-        experiment=params.tracking["experiment"],
+        experiment=experiment,
         metrics=metrics,
         key=key.tags(),
+        outcome="trained",
+        run_url=url,
+        resumed_after=resumed,
     )
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: str) -> TrainResult:
+    url = Tracker(tracking_uri).run_url(prior)
+    get_run_logger().info(
+        "up to date: data %s, params %s and %s digest %s equal those of MLflow run %s (%s); "
+        "not retraining (force=True / `trainyard run --force` retrains) - %s",
+        key.data_hash, key.params_hash[:12], "image" if key.env_kind == "docker" else "environment",
+        key.env_digest[:19], prior.name, prior.run_id, url)
+    metrics: dict[str, float | int] = {k.removeprefix("final/"): v for k, v in prior.metrics.items()
+                                       if k.startswith("final/")}
+    publish_summary_task(_summary("up to date", prior.name, prior.run_id, url, key, params, metrics,
+                                  notes=("nothing changed since this run: no training",)))
+    return TrainResult(run_id=prior.run_id, run_name=prior.name, run_dir=prior.tags.get("trainyard.run_dir", ""),
+                       tracking_uri=tracking_uri, experiment=params.tracking["experiment"], metrics=metrics,
+                       key=key.tags(), outcome="up to date", run_url=url)
+
+
+def _summary(outcome: str, name: str, run_id: str, url: str, key: ReproKey, params: Params,
+             metrics: dict[str, float | int], notes: tuple[str, ...] = ()) -> RunSummary:
+    image = str(params.container["image"]) if key.env_kind == "docker" else None
+    return RunSummary(outcome=outcome, run_name=name, run_id=run_id, run_url=url, data_hash=key.data_hash,
+                      params_hash=key.params_hash, env_kind=key.env_kind, env_digest=key.env_digest,
+                      code_commit=key.code_commit, metrics=metrics, image=image, notes=notes)
+
+
+def _prefect_tags() -> dict[str, str]:
+    """Link the MLflow run back to the Prefect flow run (and its deployment) that made it."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {"trainyard.prefect.flow_run_id": str(flow_run.id or "")}
+    if deployment.name:
+        tags["trainyard.prefect.deployment"] = str(deployment.name)
+    return {k: v for k, v in tags.items() if v}
 
 
 def _train_args(params: Params) -> dict[str, Any]:

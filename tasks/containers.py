@@ -224,9 +224,11 @@ class DockerRunner:
                 container.remove(force=True)
         if oom:
             raise TrainingError(f"the training container ran out of memory (OOMKilled); lower train.batch or "
-                                f"train.imgsz, or give the container more memory; output in {run_dir}")
+                                f"train.imgsz, or give the container more memory; output in {run_dir}", killed=True)
         if code != 0:
-            raise TrainingError(f"training container exited with code {code}; output in {run_dir}{last_lines(tail)}")
+            # 128+9: `docker kill`, the host's OOM killer or a lost node; 128+15: docker stop
+            raise TrainingError(f"training container exited with code {code}; output in {run_dir}{last_lines(tail)}",
+                                killed=code in (137, 143))
 
 
 def gpu_requests(gpus: str) -> list[dict[str, Any]]:

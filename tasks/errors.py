@@ -12,8 +12,9 @@ bugs (anything else) still show their traceback.
     ├── VersioningError      DVC / git could not answer (hashes, dvc add)
     ├── TrackingError        the MLflow tracking server or store failed
     ├── PreflightError       a required `trainyard doctor` check failed before anything ran
-    └── RunnerError          the training child process (or container) could not run
-        └── TrainingError    training started but failed (non-zero exit, OOM, ...)
+    ├── RunnerError          the training child process (or container) could not run
+    │   └── TrainingError    training started but failed (non-zero exit, OOM, ...)
+    └── DeploymentError      prefect.yaml, a work-pool template or a rendered job manifest is invalid
 """
 
 from __future__ import annotations
@@ -77,4 +78,19 @@ class RunnerError(TrainyardError):
 
 
 class TrainingError(RunnerError):
-    """Training started but did not finish successfully."""
+    """Training started but did not finish successfully.
+
+    ``killed``: the process or container was killed (a signal, the OOM killer), not a Python
+    error; ``resumable``: set by the flow when a retry can resume from the run's last.pt.
+    """
+
+    def __init__(self, message: str, killed: bool = False) -> None:
+        super().__init__(message)
+        self.killed = killed
+        self.resumable = False
+
+
+class DeploymentError(TrainyardError):
+    """A deployment definition (prefect.yaml, a work-pool job template, a rendered manifest) is invalid."""
+
+    exit_code = 2

@@ -82,6 +82,10 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
 def _non_empty(value: Any) -> str | None:
     return None if str(value).strip() else "must not be empty"
 
@@ -103,6 +107,9 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "runner": {
         "kind": _Key((str,), "local", "local or docker", _one_of("local", "docker")),
+        "retries": _Key((int,), 2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)",
+                        _not_negative),
+        "retry_delay": _Key((int, float), 30, "seconds to wait before resuming a crashed training, like 30", _not_negative),
     },
     "container": {
         "image": _Key((str, type(None)), None, "an image as name:tag, name@sha256:<digest> or name:tag@sha256:<digest>"),
@@ -306,7 +313,33 @@ def _check(tree: dict[str, Any], path: Path, where: str, overrides: tuple[str, .
     for name, keys in SCHEMA.items():
         checked[name] = _check_section(name, sections[name], keys, where)
     checked["train"] = _check_train(sections["train"], where)
+    if checked["runner"]["kind"] == "docker":
+        problem = _devices_beyond_container(checked["train"].get("device"), checked["container"]["gpus"])
+        if problem:
+            raise ParamsError(f"{where}: {problem}")
     return Params(path=path, overrides=overrides, **checked)
+
+
+def _devices_beyond_container(device: Any, gpus: str | int) -> str | None:
+    """Why ``train.device`` asks for GPUs the container will not have, if it does.
+
+    Inside a container CUDA numbers the GPUs it was given from 0 (container.gpus "2,3" shows
+    up as 0 and 1), so train.device indexes the container's GPUs, not the host's.
+    """
+    given = str(gpus).strip().lower()
+    if given == "all":
+        return None  # as many as the host has: only the training itself can tell
+    count = 0 if given in ("none", "", "false", "0 gpus") else len([g for g in given.split(",") if g.strip()])
+    items = device if isinstance(device, list) else str(device if device is not None else "").split(",")
+    wanted = [str(i).strip().lower().removeprefix("cuda:") for i in items]
+    indices = [int(w) for w in wanted if w.isdigit()]
+    asked = len(indices) + wanted.count("-1")  # -1: Ultralytics picks an idle GPU
+    if not asked or (asked <= count and all(i < count for i in indices)):
+        return None
+    if count == 0:
+        return f"train.device {device!r} asks for GPUs but container.gpus is {gpus!r}; set container.gpus (all or \"0,1\")"
+    return (f"train.device {device!r} asks for GPUs the container does not have: container.gpus {gpus!r} gives it "
+            f"{count}, numbered 0..{count - 1} inside the container (train.device indexes the container's GPUs)")
 
 
 def _check_section(name: str, body: dict[str, Any], keys: dict[str, _Key], where: str) -> dict[str, Any]:

@@ -73,6 +73,21 @@ class ReproKey:
         return [k for k in order if mine[k] != theirs[k]]
 
 
+# The inputs that decide whether a scheduled training would produce a new model. The code
+# commit is left out on purpose: the nightly schedule exists for new labels, and a commit to
+# docs, tests or CI must not cost a night of GPU time (`--force` retrains after a code change).
+UNCHANGED_IF_SAME = ("data_hash", "params_hash", "env_digest")
+COMPLETE_TAG = f"{TAG_PREFIX}complete"  # "true" on runs that trained every epoch and finished
+
+
+def same_inputs_filter(key: ReproKey) -> str:
+    """MLflow search filter for finished, complete runs trained on the same inputs as ``key``."""
+    values = asdict(key)
+    clauses = [f"tags.`{TAG_PREFIX}{name}` = '{values[name]}'" for name in UNCHANGED_IF_SAME]
+    clauses += [f"tags.`{COMPLETE_TAG}` = 'true'", "attributes.status = 'FINISHED'"]
+    return " and ".join(clauses)
+
+
 def run_name(model: str, data_hash: str, params_hash: str) -> str:
     """Readable in the MLflow compare view: model, data version, params version."""
     return f"{Path(model).stem}-d{data_hash[:7]}-p{params_hash[:7]}"

@@ -88,7 +88,7 @@ class LocalRunner:
             _stop(proc)
             raise
         if code != 0:
-            raise TrainingError(_failure_message(code, list(tail), run_dir))
+            raise TrainingError(_failure_message(code, list(tail), run_dir), killed=code < 0 or code in _KILLED)
 
 
 def training_env() -> dict[str, str]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # mlflow is imported lazily: importing it costs seconds
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 DEFAULT_STORE = "mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `trainyard ui` serves a local store
 
 # MLflow param values are capped (6000 chars in MLflow 3); longer values are cut with a marker.
 _PARAM_MAX = 6000
@@ -213,6 +214,20 @@ class Tracker:
             return []
         runs = self._call(lambda: self.client.search_runs([exp.experiment_id], filter_string=filter_string))
         return [self.get_run(r.info.run_id) for r in runs]
+
+    def latest_run(self, experiment: str, filter_string: str) -> RunRecord | None:
+        """The most recently started run of ``experiment`` matching ``filter_string``, if any."""
+        exp = self._call(lambda: self.client.get_experiment_by_name(experiment))
+        if exp is None:
+            return None
+        runs = self._call(lambda: self.client.search_runs(
+            [exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1))
+        return self.get_run(runs[0].info.run_id) if runs else None
+
+    def run_url(self, run: RunRecord) -> str:
+        """Where a person opens ``run``: the server's UI, or `trainyard ui`'s for a local store."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
+        return f"{base}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
     def _call(self, fn: Any) -> Any:
         try:

@@ -11,18 +11,37 @@ active run. We remove it (and the other third-party integrations) from the train
 log each epoch ourselves into the run the flow created, so there is exactly one run.
 We do this per trainer instead of flipping Ultralytics' settings, because settings are
 persisted in the user's home and would change their other projects.
+
+Multi-GPU: with ``device: "0,1"`` Ultralytics trains in fresh interpreters started by
+``torch.distributed.run``, which rebuild the trainer from its class (pickled by reference)
+and its ``args``; nothing of this process's memory reaches them. So the trainer is a
+module-level class that finds its job through $TRAINYARD_JOB and its MLflow run through
+$MLFLOW_TRACKING_URI / $MLFLOW_RUN_ID, the same way in one process or in a DDP worker.
+
+Resume: a killed training continues from ``weights/last.pt`` with Ultralytics' own resume.
+Per epoch Ultralytics appends the results.csv row, then saves last.pt, then fires
+``on_fit_epoch_end`` (where we log to MLflow). So every epoch MLflow holds is in last.pt,
+and resuming never logs an epoch twice; a row written after the last checkpoint is cut
+from results.csv before resuming, because that epoch is trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import pickle
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:  # ultralytics costs seconds to import; only the training process needs it
+    from ultralytics.models.yolo.detect import DetectionTrainer
 
 # Ultralytics' callback modules whose callbacks trainyard removes from its trainers.
 _FOREIGN_CALLBACK_MODULES = (
@@ -41,6 +60,16 @@ _FOREIGN_CALLBACK_MODULES = (
 
 OUTCOME_FILE = "outcome.json"
 JOB_FILE = "job.json"
+JOB_ENV = "TRAINYARD_JOB"  # path of the job.json a trainer (DDP workers included) trains
+LAST = Path("weights") / "last.pt"
+_PARTIAL = ".partial"  # suffix of a checkpoint being written; renamed into place when complete
+
+# Train arguments Ultralytics takes from the caller on resume (BaseTrainer.check_resume);
+# every other one comes from the checkpoint, so the schedule is the interrupted one.
+_RESUME_OVERRIDES = frozenset({
+    "imgsz", "batch", "device", "close_mosaic", "augmentations", "save_period", "workers", "cache",
+    "patience", "time", "freeze", "val", "plots", "channels_last", "distill_model",
+})
 
 
 @dataclass(frozen=True)
@@ -51,9 +80,15 @@ class TrainJob:
     data_yaml: str  # the staged dataset's data.yaml
     args: dict[str, Any] = field(default_factory=dict)  # Ultralytics train arguments, verbatim
     stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
+    resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
+    logged_through: int = 0  # epochs 1..N are already in the MLflow run: never log them again
 
     def write(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        # Fields at their default are left out: a job that needs nothing new stays readable by
+        # an older training image (`trainyard reproduce` runs a run's recorded image digest).
+        fresh = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        data = {k: v for k, v in asdict(self).items() if k not in fresh or v != fresh[k]}
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
         return path
 
     @classmethod
@@ -93,25 +128,232 @@ def prepare_run_dir(path: Path) -> Path:
     return path
 
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+def resume_point(run_dir: Path) -> int | None:
+    """How many epochs ``run_dir/weights/last.pt`` holds (1-based), if a training can resume from it.
+
+    None when there is nothing to resume: no last.pt, an unreadable or truncated one, or the
+    checkpoint of a finished training (Ultralytics strips its optimizer and sets epoch -1).
+    A count equal to the planned epochs means every epoch was trained and only the final
+    validation is missing; ``train_yolo`` with ``resume=True`` then does just that.
+    """
+    ckpt = _resumable_checkpoint(run_dir / LAST)
+    return None if ckpt is None else int(ckpt["epoch"]) + 1
 
 
-def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOutcome:
-    """Train with Ultralytics; call ``on_epoch(epoch, metrics)`` once per finished epoch (1-based)."""
-    from ultralytics import YOLO
-    from ultralytics.models.yolo.detect import DetectionTrainer
+def _resumable_checkpoint(path: Path) -> dict[str, Any] | None:
+    ckpt = _read_checkpoint(path)
+    if ckpt is None or ckpt.get("optimizer") is None:
+        return None
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None
+    return ckpt
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The plain data of a ``torch.save`` checkpoint (epoch, train_args, ...), or None if unreadable.
+
+    Read without torch or ultralytics: this runs in the flow process, where importing
+    ultralytics would patch Pillow's Image.open process-wide (its HEIF hook), and a whole
+    checkpoint would be loaded for two numbers. Tensors and models come back as placeholders.
+    A file cut short has lost the zip directory at its end, so it reads as None.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            ckpt = _PlainUnpickler(io.BytesIO(archive.read(name))).load()
+    except Exception:  # missing, truncated, not a checkpoint: nothing to resume from
+        return None
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+class _Opaque:
+    """Whatever a checkpoint pickles beyond plain data (tensors, modules, numpy scalars)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Opaque":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    # No global of the file is ever looked up or called: reading a checkpoint runs no code from it.
+    _PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(module, name) if (module, name) in self._PLAIN else _Opaque
+
+    def persistent_load(self, pid: Any) -> Any:  # torch's tensor storages, kept in other zip entries
+        return _Opaque()
+
+
+def clear_training_outputs(run_dir: Path) -> None:
+    """Remove what an attempt that left no checkpoint wrote, so a fresh start does not append to it.
+
+    Ultralytics appends to an existing results.csv; the job, data.yaml and params.yaml stay.
+    """
+    (run_dir / "results.csv").unlink(missing_ok=True)
+    (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "weights", ignore_errors=True)
+
+
+def trim_results(results_csv: Path, epochs: int) -> int:
+    """Keep only epochs 1..``epochs`` of results.csv (and no half-written line); return rows dropped.
+
+    Ultralytics appends to results.csv on resume, so a row written after the checkpoint
+    (the kill came between the two) would otherwise appear twice.
+    """
+    if not results_csv.exists():
+        return 0
+    lines = results_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    if not lines:
+        return 0
+    keep = [lines[0]] if lines[0].endswith("\n") else []
+    for line in lines[1:]:
+        head = line.split(",", 1)[0].strip()
+        try:
+            complete = line.endswith("\n") and float(head) <= epochs
+        except ValueError:
+            complete = False
+        if complete:
+            keep.append(line)
+    dropped = len(lines) - len(keep)
+    if not keep:  # Ultralytics writes the header only when it creates the file
+        results_csv.unlink()
+    elif dropped:
+        _write_atomic(results_csv, "".join(keep).encode("utf-8"))
+    return dropped
+
+
+def train_yolo(job: TrainJob) -> TrainOutcome:
+    """Train (or, with ``job.resume``, continue) with Ultralytics; return what outcome.json says.
+
+    Each finished epoch is logged to the MLflow run named by $MLFLOW_TRACKING_URI /
+    $MLFLOW_RUN_ID when both are set (step = epoch, 1-based), from whichever process trains.
+    """
+    from tasks.errors import TrainingError
 
     run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_path = job.write(run_dir / JOB_FILE)  # what DDP workers read; the runner wrote the same
+    (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
+    for stale in (run_dir / "weights").glob(f"*{_PARTIAL}"):
+        stale.unlink()
     args = dict(job.args)
     model_ref = args.pop("model")
-    logged: set[int] = set()
+    if job.resume:
+        ckpt = _resumable_checkpoint(run_dir / LAST)
+        if ckpt is None:
+            raise TrainingError(f"cannot resume the training in {run_dir}: {LAST} is missing, unreadable, or "
+                                "from a training that finished; start a new run")
+        done = int(ckpt["epoch"]) + 1
+        train_args = ckpt.get("train_args") or {}
+        trim_results(run_dir / "results.csv", done)
+        planned = int(train_args.get("epochs") or args.get("epochs") or 0)
+        if done >= min(planned, job.stop_after or planned):
+            return _finish_trained(job, ckpt, done)
+        del ckpt
+        saved_to = Path(str(train_args.get("save_dir") or run_dir))
+        if saved_to.resolve() != run_dir.resolve():  # Ultralytics would carry on writing there
+            raise TrainingError(f"cannot resume the training in {run_dir}: its {LAST} belongs to {saved_to}")
+        model_ref = str(run_dir / LAST)
+        kwargs: dict[str, Any] = {"resume": True, "data": job.data_yaml,
+                                  **{k: v for k, v in args.items() if k in _RESUME_OVERRIDES}}
+    else:
+        kwargs = {"data": job.data_yaml, "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True,
+                  **args}
+    from ultralytics import YOLO
 
-    class TrainyardTrainer(DetectionTrainer):  # type: ignore[misc]
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            _strip_foreign_callbacks(self.callbacks)
+    with _environ(JOB_ENV, str(job_path)):
+        YOLO(model_ref).train(trainer=trainer_class(), **kwargs)
+    outcome = TrainOutcome.read(run_dir)
+    if outcome is None:
+        raise TrainingError(f"the training in {run_dir} ended without writing {OUTCOME_FILE}")
+    return outcome
+
+
+def trainer_class() -> type["DetectionTrainer"]:
+    """``TrainyardTrainer``: built on first use, so importing this module does not import ultralytics."""
+    cls = globals().get("TrainyardTrainer")
+    if cls is None:
+        cls = globals()["TrainyardTrainer"] = _build_trainer_class()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `tasks.train.TrainyardTrainer` resolves like a module-level class, which is how a
+    # DDP worker finds it when it unpickles the trainer class by reference.
+    if name == "TrainyardTrainer":
+        return trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_trainer_class() -> type["DetectionTrainer"]:
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import DEFAULT_CFG
+
+    class TrainyardTrainer(DetectionTrainer):  # type: ignore[misc, valid-type]
+        """Ultralytics' detection trainer with one MLflow run, atomic checkpoints and ``stop_after``."""
+
+        def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
+                     _callbacks: dict[str, list[Callable[..., Any]]] | None = None) -> None:
+            self.trainyard_job = _job_from_env()
+            self.trainyard_sink = _mlflow_sink()
+            self.trainyard_logged: set[int] = set()
             self.trainyard_final_eval = False
-            self.add_callback("on_fit_epoch_end", _epoch_hook)
+            super().__init__(cfg, overrides, _callbacks)
+            _strip_foreign_callbacks(self.callbacks)
+            for event, hook in (("on_fit_epoch_end", _log_epoch), ("on_train_end", _write_outcome)):
+                if hook not in self.callbacks[event]:  # a DDP worker gets them with the pickled callbacks
+                    self.add_callback(event, hook)
+
+        def run_callbacks(self, event: str) -> None:
+            # Integrations are added inside Ultralytics' own __init__ (and again in each DDP
+            # worker), which already fires on_pretrain_routine_start: strip them before any event.
+            _strip_foreign_callbacks(self.callbacks)
+            super().run_callbacks(event)
+
+        def train(self) -> None:
+            if not self.ddp or self.resume:
+                return super().train()
+            # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
+            # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
+            # cannot remove). prepare_run_dir gave us a clean one.
+            self.resume = True
+            try:
+                return super().train()
+            finally:
+                self.resume = False
+
+        def save_model(self) -> bool:
+            # Ultralytics overwrites last.pt in place: a kill mid-write would leave neither the
+            # old checkpoint nor the new one. Write beside it and rename (atomic); best.pt first,
+            # so last.pt never names an epoch whose best.pt update was lost.
+            last, best = self.last, self.best
+            self.last, self.best = last.with_name(last.name + _PARTIAL), best.with_name(best.name + _PARTIAL)
+            try:
+                saved = bool(super().save_model())
+                for part, final in ((self.best, best), (self.last, last)):
+                    if part.exists():
+                        os.replace(part, final)
+            finally:
+                for part in (self.best, self.last):
+                    part.unlink(missing_ok=True)
+                self.last, self.best = last, best
+            return saved
 
         def final_eval(self) -> None:
             # Ultralytics re-fires on_fit_epoch_end for the validation of best.pt, as a fake
@@ -119,48 +361,123 @@ def train_yolo(job: TrainJob, on_epoch: EpochCallback | None = None) -> TrainOut
             self.trainyard_final_eval = True
             super().final_eval()
 
-    def _epoch_hook(trainer: Any) -> None:
-        epoch = int(trainer.epoch) + 1
-        if trainer.trainyard_final_eval or epoch in logged:
-            return
-        logged.add(epoch)
-        metrics = {
-            **trainer.label_loss_items(trainer.tloss, prefix="train"),
-            **trainer.metrics,
-            **trainer.lr,
-        }
-        metrics.pop("fitness", None)
-        if job.stop_after is not None and epoch >= job.stop_after:
-            # A replay of the first N epochs must keep the LR schedule of the full run, so
-            # `epochs` stays as recorded and training stops here instead.
-            trainer.stop = True
-        if on_epoch is None:
-            return
-        try:
-            on_epoch(epoch, {k: float(v) for k, v in metrics.items()})
-        except Exception as exc:  # tracking must never kill a training; the flow backfills
-            warnings.warn(f"trainyard: could not log epoch {epoch}: {exc}", stacklevel=1)
+    TrainyardTrainer.__module__ = __name__
+    TrainyardTrainer.__qualname__ = "TrainyardTrainer"
+    return TrainyardTrainer
 
-    model = YOLO(model_ref)
-    model.train(
-        trainer=TrainyardTrainer,
-        data=job.data_yaml,
-        project=str(run_dir.parent),
-        name=run_dir.name,
-        exist_ok=True,
-        **args,
-    )
-    trainer = model.trainer
-    final = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+
+EpochSink = Callable[[int, dict[str, float]], None]
+
+
+def _job_from_env() -> TrainJob:
+    path = os.environ.get(JOB_ENV)
+    if not path:
+        from tasks.errors import RunnerError
+
+        raise RunnerError(f"${JOB_ENV} is not set: the trainyard trainer needs the job.json it trains "
+                          "(run `python -m tasks.train JOB.json`)")
+    return TrainJob.read(Path(path))
+
+
+def _mlflow_sink() -> EpochSink | None:
+    from tasks.track import RUN_ID_ENV, TRACKING_URI_ENV
+
+    run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
+    if not (run_id and uri):
+        return None
+    from tasks.track import Tracker
+
+    tracker = Tracker(uri)
+    return lambda epoch, metrics: tracker.log_metrics(run_id, metrics, step=epoch)
+
+
+def _is_main_rank() -> bool:
+    # torch.distributed.run gives each DDP worker RANK and WORLD_SIZE (read as Ultralytics reads
+    # them); only rank 0 holds the epoch's metrics
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "-1") in ("-1", "0")
+
+
+def _log_epoch(trainer: Any) -> None:
+    job: TrainJob = trainer.trainyard_job
+    epoch = int(trainer.epoch) + 1
+    if trainer.trainyard_final_eval or not _is_main_rank():
+        return
+    if job.stop_after is not None and epoch >= job.stop_after:
+        # A replay of the first N epochs must keep the LR schedule of the full run, so
+        # `epochs` stays as recorded and training stops here instead (rank 0 broadcasts it).
+        trainer.stop = True
+    if epoch in trainer.trainyard_logged or epoch <= job.logged_through:
+        return
+    trainer.trainyard_logged.add(epoch)
+    sink: EpochSink | None = trainer.trainyard_sink
+    if sink is None:
+        return
+    metrics = {
+        **trainer.label_loss_items(trainer.tloss, prefix="train"),
+        **(trainer.metrics or {}),
+        **trainer.lr,
+    }
+    metrics.pop("fitness", None)
+    try:
+        sink(epoch, {k: float(v) for k, v in metrics.items()})
+    except Exception as exc:  # tracking must never kill a training; the flow backfills
+        warnings.warn(f"trainyard: could not log epoch {epoch}: {exc}", stacklevel=1)
+
+
+def _write_outcome(trainer: Any) -> None:
+    job: TrainJob = trainer.trainyard_job
     outcome = TrainOutcome(
-        epochs=len(logged) or int(trainer.epoch) + 1,
+        epochs=int(trainer.epoch) + 1,
         best=str(trainer.best) if Path(trainer.best).exists() else None,
         last=str(trainer.last) if Path(trainer.last).exists() else None,
-        final_metrics=final,
+        final_metrics={k: float(v) for k, v in (trainer.metrics or {}).items()},
+        runtime=runtime_facts(job),
+    )
+    (Path(job.run_dir) / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
+
+
+def _finish_trained(job: TrainJob, ckpt: dict[str, Any], epochs: int) -> TrainOutcome:
+    """Every epoch is in last.pt: the kill came during Ultralytics' closing steps. Do those.
+
+    Validate best.pt as Ultralytics' final_eval does, record the outcome, and only then strip
+    the optimizer from the checkpoints, so a kill on the way still finds last.pt resumable.
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    run_dir = Path(job.run_dir)
+    weights = run_dir / "weights"
+    best = weights / "best.pt"
+    train_args = dict(ckpt.get("train_args") or {})
+    batch = train_args.get("batch", 16)
+    results = YOLO(str(best if best.exists() else weights / "last.pt")).val(
+        data=job.data_yaml, imgsz=train_args.get("imgsz", 640), batch=batch * 2 if batch >= 1 else 16,
+        device=_first_device(job.args.get("device", train_args.get("device"))),
+        plots=bool(train_args.get("plots", True)), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+    )
+    outcome = TrainOutcome(
+        epochs=epochs,
+        best=str(best) if best.exists() else None,
+        last=str(weights / "last.pt"),
+        final_metrics={k: float(v) for k, v in results.results_dict.items() if k != "fitness"},
         runtime=runtime_facts(job),
     )
     (run_dir / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
+    for path in (best, weights / "last.pt"):
+        if path.exists():
+            part = path.with_name(path.name + _PARTIAL)
+            strip_optimizer(path, str(part))
+            os.replace(part, path)
     return outcome
+
+
+def _first_device(device: Any) -> Any:
+    # validation runs on one device; "0,1" / [0, 1] would ask Ultralytics for a DDP validation
+    if isinstance(device, (list, tuple)):
+        return device[0] if device else None
+    if isinstance(device, str) and "," in device:
+        return device.split(",")[0].strip()
+    return device
 
 
 def data_root(data_yaml: Path) -> Path:
@@ -193,27 +510,38 @@ def _strip_foreign_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> 
         callbacks[event] = [f for f in funcs if getattr(f, "__module__", "") not in _FOREIGN_CALLBACK_MODULES]
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    part = path.with_name(path.name + _PARTIAL)
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the training process: ``python -m tasks.train RUN_DIR/job.json``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
         print("usage: python -m tasks.train JOB.json", file=sys.stderr)
         return 2
-    job = TrainJob.read(Path(argv[0]))
-    on_epoch: EpochCallback | None = None
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if run_id and uri:
-        from tasks.track import Tracker
-
-        tracker = Tracker(uri)
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            tracker.log_metrics(run_id, metrics, step=epoch)
-
-    train_yolo(job, on_epoch)
+    train_yolo(TrainJob.read(Path(argv[0])))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the importable `tasks.train`, not as `__main__`: DDP workers unpickle the trainer
+    # class and its callbacks by their module's name.
+    from tasks.train import main as _main
+
+    sys.exit(_main())

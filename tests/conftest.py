@@ -2,6 +2,8 @@
 
 - ``mlflow_server``: a real ``mlflow server`` (SQLite backend, proxied artifacts).
 - ``prefect_api``: Prefect's test harness (a real, temporary Prefect API on SQLite).
+- ``prefect_server``: a real ``prefect server start`` (SQLite, scheduler on) for schedules,
+  ``trainyard serve`` and workers, which run in other processes.
 - ``tiny_dataset``: a small generated YOLO dataset (the demo generator, fewer/smaller images).
 Servers are stopped by the fixtures themselves; nothing is left running.
 """
@@ -79,6 +81,44 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``prefect server start`` on a free loopback port; yields its API URL (…/api)."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(prefect_env(root))
+    env.update({
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        "PREFECT_UI_ENABLED": "false",
+        # The scheduler creates runs of new schedules every few seconds instead of every minute.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
+    })
+    log = (root / "server.log").open("wb")
+    cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{api}/health", timeout=180, proc=proc)
+        yield api
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Environment for a Prefect process of a test: its own home, no telemetry, quick polling."""
+    env = {
+        "PREFECT_HOME": str(home / "home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
 
 
 @pytest.fixture(scope="session")

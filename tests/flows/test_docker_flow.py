@@ -99,3 +99,49 @@ def test_missing_mount_and_dead_daemon_are_clear_errors(tmp_path: Path, monkeypa
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-such.sock'}")
     with pytest.raises(RunnerError, match="Docker daemon is not reachable"):
         docker_client()
+
+
+def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
+        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker kill` (a lost node, the host's OOM killer) mid-run: the retry resumes from last.pt."""
+    import threading
+    import time
+
+    from flows.train import train_flow
+    from tasks.train import resume_point
+
+    _image_id()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="docker-resume",
+                          stage_root=tmp_path / "stage", epochs=3, imgsz=32, plots=False)
+    killed: list[str] = []
+
+    def kill_after_first_epoch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            for run_dir in (tmp_path / "runs").glob("*"):
+                if resume_point(run_dir) is not None:  # epoch 1 is checkpointed; epoch 2 is under way
+                    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
+                                         capture_output=True, text=True).stdout.split()
+                    if ids:
+                        subprocess.run(["docker", "kill", ids[0]], capture_output=True)
+                        killed.append(ids[0])
+                        return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_after_first_epoch, daemon=True)
+    watcher.start()
+    result = train_flow(params_path=str(params), overrides=[
+        "runner.kind=docker", f"container.image={IMAGE}", "container.pull=false", "container.shm_size=1g",
+        "runner.retry_delay=1",
+    ])
+    watcher.join(timeout=5)
+    assert killed, "the container was never killed: the test proved nothing"
+    assert len(result.resumed_after) == 1
+    tracker = Tracker(mlflow_server)
+    assert [r.run_id for r in tracker.search_runs("docker-resume")] == [result.run_id]
+    for key in ("train/box_loss", "metrics/mAP50(B)"):
+        assert [s for s, _ in tracker.metric_history(result.run_id, key)] == [1, 2, 3], key
+    assert tracker.get_run(result.run_id).status == "FINISHED"

@@ -84,7 +84,7 @@ def test_typical_file_loads_with_every_value(tmp_path: Path) -> None:
     }
     assert params.data["source"] == "data/demo"
     assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert params.runner == {"kind": "local"}
+    assert params.runner == {"kind": "local", "retries": 2, "retry_delay": 30}
     assert params.tracking["uri"] is None
     assert params.tracking["experiment"] == "trainyard"
     assert params.path == path.resolve()
@@ -105,7 +105,7 @@ def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
         assert getattr(params, section) == {key: spec.default for key, spec in keys.items()}, section
     assert params.data["source"] == "data/demo"
     assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert params.runner == {"kind": "local"}
+    assert params.runner == {"kind": "local", "retries": 2, "retry_delay": 30}
     assert params.tracking == {"uri": None, "experiment": "trainyard", "run_name": None}
 
 
@@ -650,3 +650,14 @@ def test_staging_keys_are_checked(tmp_path: Path) -> None:
         load_params(write(tmp_path, {**base, "data": {"endpoint": "http://minio:9000"}}))
     ok = load_params(write(tmp_path, {**base, "data": {"source": "s3://b/p", "endpoint_url": "http://minio:9000"}}))
     assert ok.data["endpoint_url"] == "http://minio:9000" and ok.stage["workers"] == 32
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("runner.retries=-1", "runner.retries"),
+    ("runner.retries=two", "runner.retries"),
+    ("runner.retry_delay=-5", "runner.retry_delay"),
+])
+def test_retry_settings_are_checked(tmp_path: Path, override: str, expected: str) -> None:
+    path = write(tmp_path, {"train": {"model": "yolo11n.yaml"}})
+    with pytest.raises(ParamsError, match=expected):
+        load_params(path, [override])

@@ -1,0 +1,119 @@
+"""A training process SIGKILLed mid-run is retried by the flow, resuming into the same MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasks.track import Tracker
+from tests.conftest import copy_dataset, write_params
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+HISTORY_KEYS = ("train/box_loss", "metrics/mAP50B", "metrics/mAP50-95B", "lr/pg0")
+
+
+def _rows(results_csv: Path) -> int:
+    try:
+        with results_csv.open() as f:
+            return max(0, sum(1 for _ in f) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the training process once, after it has finished ``after`` epochs (bounded wait)."""
+
+    def __init__(self, runs_dir: Path, after: int, timeout: float = 300) -> None:
+        super().__init__(daemon=True)
+        self.runs_dir, self.after, self.timeout = runs_dir, after, timeout
+        self.killed_pid: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    cmd = proc.cmdline()
+                except psutil.Error:
+                    continue
+                if "tasks.train" not in cmd:
+                    continue
+                job = Path(cmd[-1])
+                # mid-epoch: the epoch after `after` has started (its checkpoint is not written yet)
+                if _rows(job.parent / "results.csv") >= self.after:
+                    time.sleep(0.3)
+                    os.kill(proc.pid, signal.SIGKILL)
+                    self.killed_pid = proc.pid
+                    return
+            time.sleep(0.1)
+
+
+def test_killed_training_resumes_into_the_same_mlflow_run(
+        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.train import train_flow
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="resume",
+                          stage_root=tmp_path / "stage", epochs=EPOCHS, imgsz=32, plots=False)
+    killer = Killer(tmp_path / "runs", after=2)
+    killer.start()
+    try:
+        result = train_flow(params_path=str(params), overrides=["runner.retry_delay=1"])
+    finally:
+        killer.stop.set()
+        killer.join(timeout=5)
+    assert killer.killed_pid is not None, "the training was never killed: the test proved nothing"
+
+    assert result.outcome == "trained"
+    assert len(result.resumed_after) == 1 and 1 <= result.resumed_after[0] < EPOCHS
+    tracker = Tracker(mlflow_server)
+    runs = tracker.search_runs("resume")
+    assert [r.run_id for r in runs] == [result.run_id], "a resumed training must not open a second run"
+    run = runs[0]
+    assert run.status == "FINISHED"
+    assert run.tags["trainyard.resumed_after"] == str(result.resumed_after[0])
+    for key in HISTORY_KEYS:
+        steps = [step for step, _ in tracker.metric_history(run.run_id, key)]
+        assert steps == list(range(1, EPOCHS + 1)), f"{key}: steps {steps} (gaps or duplicates)"
+    with (Path(result.run_dir) / "results.csv").open() as f:
+        epochs = [int(float(row["epoch"])) for row in csv.DictReader(f, skipinitialspace=True)]
+    assert epochs == list(range(1, EPOCHS + 1))
+    assert result.metrics["epochs"] == EPOCHS
+    assert "weights/best.pt" in tracker.list_artifacts(run.run_id, "weights")
+
+
+def test_a_training_killed_before_its_first_checkpoint_starts_over_cleanly(
+        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.train import train_flow
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="restart",
+                          stage_root=tmp_path / "stage", epochs=2, imgsz=32, plots=False)
+    killer = Killer(tmp_path / "runs", after=0)  # as soon as the process exists: still importing
+    killer.start()
+    try:
+        result = train_flow(params_path=str(params), overrides=["runner.retry_delay=1"])
+    finally:
+        killer.stop.set()
+        killer.join(timeout=5)
+    assert killer.killed_pid is not None
+    assert result.outcome == "trained" and result.resumed_after == []
+    tracker = Tracker(mlflow_server)
+    assert [r.run_id for r in tracker.search_runs("restart")] == [result.run_id]
+    assert [s for s, _ in tracker.metric_history(result.run_id, "train/box_loss")] == [1, 2]
