@@ -238,17 +238,20 @@ def trim_results(results_csv: Path, epochs: int) -> int:
     return dropped
 
 
-def train_yolo(job: TrainJob) -> TrainOutcome:
+def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     """Train (or, with ``job.resume``, continue) with Ultralytics; return what outcome.json says.
 
-    Each finished epoch is logged to the MLflow run named by $MLFLOW_TRACKING_URI /
-    $MLFLOW_RUN_ID when both are set (step = epoch, 1-based), from whichever process trains.
+    ``job_path`` is the job.json ``job`` was read from (DDP workers read it too); without
+    one it is written to the run directory. Each finished epoch is logged to the MLflow run
+    named by $MLFLOW_TRACKING_URI / $MLFLOW_RUN_ID when both are set (step = epoch, 1-based),
+    from whichever process trains.
     """
     from tasks.errors import TrainingError
 
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    job_path = job.write(run_dir / JOB_FILE)  # what DDP workers read; the runner wrote the same
+    # Not rewritten when given: in a container the runner's job.json belongs to the host user.
+    job_path = job_path or job.write(run_dir / JOB_FILE)
     (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
     for stale in (run_dir / "weights").glob(f"*{_PARTIAL}"):
         stale.unlink()
@@ -535,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m tasks.train JOB.json", file=sys.stderr)
         return 2
-    train_yolo(TrainJob.read(Path(argv[0])))
+    job_path = Path(argv[0]).resolve()
+    train_yolo(TrainJob.read(job_path), job_path)
     return 0
 
 

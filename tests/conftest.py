@@ -10,6 +10,7 @@ Servers are stopped by the fixtures themselves; nothing is left running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -54,25 +55,31 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def serving(cmd: list[str], health: str, log_path: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run a server in its own process group until ``health`` answers; stop the whole group after."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(health, timeout=180, proc=proc)
+            yield
+        finally:
+            _stop_group(proc)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = (root / "server.log").open("wb")
     cmd = [
         str(VENV_BIN / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", timeout=180, proc=proc)
+    with serving(cmd, f"{uri}/health", root / "server.log"):
         yield uri
-    finally:
-        _stop_group(proc)
-        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -96,16 +103,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # The scheduler creates runs of new schedules every few seconds instead of every minute.
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
     })
-    log = (root / "server.log").open("wb")
     cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(f"{api}/health", timeout=180, proc=proc)
+    with serving(cmd, f"{api}/health", root / "server.log", env):
         yield api
-    finally:
-        _stop_group(proc)
-        log.close()
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
@@ -125,6 +126,21 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid dataset; tests must not modify it (copy it first)."""
     return generate_demo_dataset(tmp_path_factory.mktemp("data") / "tiny", TINY)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Any:
+    """A docker SDK client of a running engine; skips without one (fails under TRAINYARD_REQUIRE_DOCKER=1)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:
+        if os.environ.get("TRAINYARD_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"TRAINYARD_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine here ({exc})")
+    return client
 
 
 @pytest.fixture
@@ -151,6 +167,16 @@ def write_params(path: Path, data_source: Path, *, tracking_uri: str | None, exp
     }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def flow_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: str, tiny_dataset: Path,
+                experiment: str, **train: object) -> Path:
+    """A copy of the tiny dataset and a params.yaml for a quick in-process flow run (imgsz 32, no plots)."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    return write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment=experiment,
+                        stage_root=tmp_path / "stage", **{"imgsz": 32, "plots": False, **train})
 
 
 def copy_dataset(src: Path, dest: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import subprocess
 import tarfile
 from typing import Any
@@ -163,21 +162,8 @@ def _docker_py_host_config(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(create["host_config"])
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=60)
-        client.ping()
-    except Exception as exc:
-        if os.environ.get("TRAINYARD_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"TRAINYARD_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
-        pytest.skip(f"no Docker engine here ({exc})")
-    return client
-
-
-def test_a_real_engine_accepts_the_container_the_docker_pool_describes(engine: Any) -> None:
+def test_a_real_engine_accepts_the_container_the_docker_pool_describes(docker_engine: Any) -> None:
+    engine = docker_engine
     # A tiny local image (nothing pulled) stands in for the training image; GPUs are left out
     # because this engine has none: everything else is created exactly as the worker would.
     buf = io.BytesIO()

@@ -8,12 +8,13 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from tasks.track import Tracker
-from tests.conftest import copy_dataset, write_params
+from tests.conftest import flow_params
 
 pytestmark = pytest.mark.slow
 
@@ -58,17 +59,11 @@ class Killer(threading.Thread):
             time.sleep(0.1)
 
 
-def test_killed_training_resumes_into_the_same_mlflow_run(
-        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def train_killed(params: Path, after: int) -> Any:
+    """The train flow, with its training process SIGKILLed once after ``after`` epochs."""
     from flows.train import train_flow
 
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="resume",
-                          stage_root=tmp_path / "stage", epochs=EPOCHS, imgsz=32, plots=False)
-    killer = Killer(tmp_path / "runs", after=2)
+    killer = Killer(params.parent / "runs", after=after)
     killer.start()
     try:
         result = train_flow(params_path=str(params), overrides=["runner.retry_delay=1"])
@@ -76,6 +71,14 @@ def test_killed_training_resumes_into_the_same_mlflow_run(
         killer.stop.set()
         killer.join(timeout=5)
     assert killer.killed_pid is not None, "the training was never killed: the test proved nothing"
+    return result
+
+
+def test_killed_training_resumes_into_the_same_mlflow_run(
+        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    params = flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "resume", epochs=EPOCHS)
+    result = train_killed(params, after=2)
 
     assert result.outcome == "trained"
     assert len(result.resumed_after) == 1 and 1 <= result.resumed_after[0] < EPOCHS
@@ -98,21 +101,8 @@ def test_killed_training_resumes_into_the_same_mlflow_run(
 def test_a_training_killed_before_its_first_checkpoint_starts_over_cleanly(
         tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.train import train_flow
-
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="restart",
-                          stage_root=tmp_path / "stage", epochs=2, imgsz=32, plots=False)
-    killer = Killer(tmp_path / "runs", after=0)  # as soon as the process exists: still importing
-    killer.start()
-    try:
-        result = train_flow(params_path=str(params), overrides=["runner.retry_delay=1"])
-    finally:
-        killer.stop.set()
-        killer.join(timeout=5)
-    assert killer.killed_pid is not None
+    params = flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "restart", epochs=2)
+    result = train_killed(params, after=0)  # as soon as the process exists: it is still importing
     assert result.outcome == "trained" and result.resumed_after == []
     tracker = Tracker(mlflow_server)
     assert [r.run_id for r in tracker.search_runs("restart")] == [result.run_id]

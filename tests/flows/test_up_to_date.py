@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.track import Tracker
-from tests.conftest import copy_dataset, write_params
+from tests.conftest import flow_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,8 @@ def test_unchanged_inputs_are_up_to_date_and_force_or_a_change_retrains(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.train import train_flow
 
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = str(write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="up-to-date",
-                              stage_root=tmp_path / "stage", epochs=1, imgsz=32, plots=False))
+    params = str(flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "up-to-date", epochs=1))
+    data = tmp_path / "data"
     tracker = Tracker(mlflow_server)
 
     # a replay of fewer epochs (what `trainyard reproduce --epochs` makes) is not a finished model
