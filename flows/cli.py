@@ -340,14 +340,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         when = "; ".join(_describe_schedule(s) for s in spec.schedules) or "on demand"
         print(f"{spec.name:<16} {spec.entrypoint:<34} {when}")
     if args.check:
-        build_deployments(path.resolve(), args.deployment)  # imports the flows, checks parameters
+        build_deployments(path.resolve(), specs)  # imports the flows, checks parameters
         print("ok")
         return 0
     if not os.environ.get("PREFECT_API_URL"):
         print("note: PREFECT_API_URL is not set: serving against a temporary API that ends with this process; "
               "for the UI and lasting history run `prefect server start` and export "
               "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
-    serve_file(path, args.deployment, limit=args.limit)
+    serve_file(path, specs, limit=args.limit)
     return 0
 
 

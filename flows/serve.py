@@ -15,18 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.deployments import DeploymentSpec, read_deployments, select
+from tasks.deployments import DeploymentSpec
 from tasks.errors import DeploymentError
 
 
-def build_deployments(prefect_file: Path, names: list[str] | tuple[str, ...] = ()) -> list[Any]:
-    """RunnerDeployments for the chosen deployments of ``prefect_file`` (checked, nothing registered yet)."""
-    specs = select(read_deployments(prefect_file), names)
+def build_deployments(prefect_file: Path, specs: list[DeploymentSpec]) -> list[Any]:
+    """RunnerDeployments for ``specs`` (read from ``prefect_file``); checked, nothing registered yet."""
     return [_runner_deployment(prefect_file, spec) for spec in specs]
 
 
-def serve_file(prefect_file: Path, names: list[str] | tuple[str, ...] = (), limit: int = 1) -> None:
-    """Serve the deployments until interrupted (Ctrl-C / SIGTERM pauses their schedules)."""
+def serve_file(prefect_file: Path, specs: list[DeploymentSpec], limit: int = 1) -> None:
+    """Serve ``specs`` until interrupted (Ctrl-C / SIGTERM pauses their schedules)."""
     from prefect import serve
 
     prefect_file = prefect_file.resolve()
@@ -35,8 +34,7 @@ def serve_file(prefect_file: Path, names: list[str] | tuple[str, ...] = (), limi
     os.chdir(prefect_file.parent)
     if str(prefect_file.parent) not in sys.path:
         sys.path.insert(0, str(prefect_file.parent))
-    deployments = build_deployments(prefect_file, names)
-    serve(*deployments, limit=limit)
+    serve(*build_deployments(prefect_file, specs), limit=limit)
 
 
 def _runner_deployment(prefect_file: Path, spec: DeploymentSpec) -> Any:
@@ -65,6 +63,7 @@ def _runner_deployment(prefect_file: Path, spec: DeploymentSpec) -> Any:
         parameters=spec.parameters,
         schedules=schedules,
         concurrency_limit=spec.concurrency_limit,
+        paused=spec.paused,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
 

@@ -108,6 +108,9 @@ def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: Val
     return run_id, name
 
 
+RESUMED_TAG = "trainyard.resumed_after"  # the epochs after which a killed training was resumed, "3,7"
+
+
 def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
     """A killed or crashed training resumes from last.pt; one that never got going is not retried."""
     exc = getattr(state, "data", None)
@@ -149,9 +152,6 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
         exc.resumable = exc.killed or resume_point(run_dir) is not None
         raise
     return resumed
-
-
-RESUMED_TAG = "trainyard.resumed_after"
 
 
 def _resumed_after(tracker: Tracker, run_id: str) -> list[int]:

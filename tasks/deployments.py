@@ -20,9 +20,12 @@ PROCESS_POOL = "trainyard"  # the process work pool: one box, the flows run from
 
 _SCHEDULE_KINDS = ("cron", "interval", "rrule")
 _SCHEDULE_KEYS = (*_SCHEDULE_KINDS, "timezone", "anchor_date", "day_or", "active", "parameters", "slug")
+# build/push/pull/triggers/version/enforce_parameter_schema are `prefect deploy`'s business;
+# `serve` runs this checkout's code. Prefect 2's singular `schedule:` is refused (it would be
+# ignored, and a nightly training would silently never run).
 _DEPLOYMENT_KEYS = ("name", "entrypoint", "description", "tags", "parameters", "schedules", "work_pool",
                     "concurrency_limit", "version", "pull", "build", "push", "enforce_parameter_schema",
-                    "paused", "triggers", "schedule")
+                    "paused", "triggers")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class DeploymentSpec:
     schedules: tuple[dict[str, Any], ...] = ()  # each: exactly one of cron / interval (seconds) / rrule
     work_pool: str | None = None
     concurrency_limit: int | None = None
+    paused: bool = False  # registered with its schedules switched off
 
     @property
     def module(self) -> str:
@@ -108,6 +112,9 @@ def _deployment(path: Path, index: int, item: Any) -> DeploymentSpec:
     pool = item.get("work_pool") or {}
     if not isinstance(pool, dict):
         raise DeploymentError(f"{where}: `work_pool` must be a mapping like {{name: {PROCESS_POOL}}}")
+    paused = item.get("paused", False)
+    if not isinstance(paused, bool):
+        raise DeploymentError(f"{where}: `paused` must be true or false")
     limit = item.get("concurrency_limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise DeploymentError(f"{where}: `concurrency_limit` must be a whole number >= 1 or absent")
@@ -120,6 +127,7 @@ def _deployment(path: Path, index: int, item: Any) -> DeploymentSpec:
         schedules=tuple(_schedule(f"{where}: schedules[{i}]", s) for i, s in enumerate(raw_schedules)),
         work_pool=pool.get("name"),
         concurrency_limit=limit,
+        paused=paused,
     )
 
 

@@ -208,21 +208,20 @@ class Tracker:
             local = self._call(lambda: self.client.download_artifacts(run_id, path, tmp))
             return Path(local).read_text()
 
-    def search_runs(self, experiment: str, filter_string: str = "") -> list[RunRecord]:
+    def search_runs(self, experiment: str, filter_string: str = "", newest_first: bool = False,
+                    max_results: int = 1000) -> list[RunRecord]:
         exp = self._call(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
             return []
-        runs = self._call(lambda: self.client.search_runs([exp.experiment_id], filter_string=filter_string))
+        order = ["attributes.start_time DESC"] if newest_first else None
+        runs = self._call(lambda: self.client.search_runs([exp.experiment_id], filter_string=filter_string,
+                                                          order_by=order, max_results=max_results))
         return [self.get_run(r.info.run_id) for r in runs]
 
     def latest_run(self, experiment: str, filter_string: str) -> RunRecord | None:
         """The most recently started run of ``experiment`` matching ``filter_string``, if any."""
-        exp = self._call(lambda: self.client.get_experiment_by_name(experiment))
-        if exp is None:
-            return None
-        runs = self._call(lambda: self.client.search_runs(
-            [exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1))
-        return self.get_run(runs[0].info.run_id) if runs else None
+        runs = self.search_runs(experiment, filter_string, newest_first=True, max_results=1)
+        return runs[0] if runs else None
 
     def run_url(self, run: RunRecord) -> str:
         """Where a person opens ``run``: the server's UI, or `trainyard ui`'s for a local store."""

@@ -53,6 +53,9 @@ def test_a_bad_schedule_names_the_deployment_and_the_valid_form(tmp_path: Path, 
     ([{"name": "a", "entrypoint": "flows/train.py:train_flow"}] * 2, "two deployments are named 'a'"),
     ([{"entrypoint": "flows/train.py:train_flow"}], "`name` must be a non-empty string"),
     ([], "non-empty list"),
+    ([{"name": "a", "entrypoint": "flows/train.py:train_flow", "schedule": {"cron": "0 2 * * *"}}],
+     "unknown key 'schedule'; valid keys: .*schedules"),
+    ([{"name": "a", "entrypoint": "flows/train.py:train_flow", "paused": "yes"}], "`paused` must be true or false"),
 ])
 def test_a_bad_deployment_is_refused(tmp_path: Path, deployments: list, expected: str) -> None:
     with pytest.raises(DeploymentError, match=expected):
