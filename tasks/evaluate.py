@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from tasks.track import read_results_csv
 from tasks.train import TrainOutcome
@@ -16,13 +19,49 @@ _FINAL_KEYS = {
     "metrics/recall(B)": "recall",
 }
 
+# Ultralytics' Metric.fitness weights, keyed by the results.csv column of each weighted metric.
+# Copied, not imported: ultralytics pulls in torch and this runs in the flow process;
+# tests/tasks/test_evaluate.py compares them with the installed package.
+FITNESS_WEIGHTS: dict[str, float] = {
+    "metrics/precision(B)": 0.0,
+    "metrics/recall(B)": 0.0,
+    "metrics/mAP50(B)": 0.0,
+    "metrics/mAP50-95(B)": 1.0,
+}
+
+
+def fitness(row: Mapping[str, float]) -> float:
+    """Ultralytics' fitness of one results.csv row (a missing column counts as 0)."""
+    return sum(weight * _nan_to_num(row.get(key, 0.0)) for key, weight in FITNESS_WEIGHTS.items())
+
+
+def _nan_to_num(value: float) -> float:
+    # As numpy.nan_to_num, which Ultralytics applies: an epoch whose validation found nothing
+    # (NaN) ranks as 0 rather than poisoning the comparison; inf stays finite so 0 * inf is 0.
+    if math.isnan(value):
+        return 0.0
+    return max(-sys.float_info.max, min(sys.float_info.max, value))
+
+
+def best_epoch(rows: Sequence[Mapping[str, float]]) -> int | None:
+    """The epoch whose weights Ultralytics left in best.pt, from its results.csv rows.
+
+    The last epoch with the highest fitness, not the first: the trainer rewrites best.pt at
+    every epoch whose fitness equals the best so far. (results.csv keeps 6 significant
+    digits, so epochs that differed only beyond that read as tied.)
+    """
+    best: Mapping[str, float] | None = None
+    for row in rows:
+        if best is None or fitness(row) >= fitness(best):
+            best = row
+    return None if best is None else int(best["epoch"])
+
 
 def summarize(run_dir: Path) -> dict[str, float | int]:
     """Final metrics of a finished run directory.
 
-    The final numbers are Ultralytics' validation of best.pt (what a user deploys), not
-    the last epoch; the best epoch is the one with the highest fitness, as Ultralytics
-    picks it (0.1 * mAP50 + 0.9 * mAP50-95).
+    The final numbers are Ultralytics' validation of best.pt (what a user deploys), not the
+    last epoch; ``best_epoch`` (1-based, as in results.csv) is the epoch best.pt holds.
     """
     rows = read_results_csv(run_dir / "results.csv")
     outcome = TrainOutcome.read(run_dir)
@@ -30,12 +69,9 @@ def summarize(run_dir: Path) -> dict[str, float | int]:
     summary: dict[str, float | int] = {
         short: round(float(final_src[key]), 5) for key, short in _FINAL_KEYS.items() if key in final_src
     }
-    if rows:
-        def fitness(row: dict[str, float]) -> float:
-            return 0.1 * row.get("metrics/mAP50(B)", 0.0) + 0.9 * row.get("metrics/mAP50-95(B)", 0.0)
-
-        best = max(rows, key=fitness)
-        summary["best_epoch"] = int(best["epoch"])
+    best = best_epoch(rows)
+    if best is not None:
+        summary["best_epoch"] = best
         summary["epochs"] = int(rows[-1]["epoch"])
     return summary
 
