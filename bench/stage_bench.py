@@ -33,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # run as a script: its sibling modules
+from benchfacts import git_head  # noqa: E402
 PROJECT_BIN = REPO / ".venv" / "bin"
 BENCH_BIN = HERE / ".venv" / "bin"
 
@@ -448,15 +450,7 @@ def machine_info(env: dict) -> list[tuple[str, str]]:
         mem = f"{kb / 2**20:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    try:  # read-only git plumbing: neither command writes the index
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip() or "n/a"
-        dirty = subprocess.run(["git", "-C", str(REPO), "diff-index", "--quiet", "HEAD", "--"],
-                               capture_output=True, timeout=10).returncode == 1
-        if dirty and head != "n/a":
-            head += " + uncommitted changes"
-    except (OSError, subprocess.TimeoutExpired):
-        head = "n/a"
+    head = git_head(REPO)
     return [
         ("load average at start (1/5/15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())),
         ("nproc", str(os.cpu_count())),

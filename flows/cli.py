@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="validate a YOLO dataset (default: data.source of params.yaml)")
     with_params(val)
-    val.add_argument("--data", default=None, help="dataset directory to check instead of data.source")
+    val.add_argument("--data", default=None, help="dataset folder or yaml to check as it is, instead of data.source")
     val.add_argument("--report", default=None, help="also write the report as JSON here")
     val.add_argument("--max-listed", type=int, default=20, help="problems to list before summarising (default 20)")
     val.set_defaults(func=_cmd_validate)
@@ -162,16 +162,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tasks.params import load_params
-    from tasks.validate import format_problems, validate_dataset
+    from tasks.validate import format_problems, format_warnings, validate_dataset, validate_staged
 
-    if args.data:
-        root, label = Path(args.data), args.data
+    if args.data:  # a folder or yaml as it is (absolute paths and outside folders are allowed here)
+        label = args.data
+        options = {"strict": False}
+        if args.overrides or Path(args.params).exists():
+            options = load_params(args.params, args.overrides).validate
+        report = validate_dataset(Path(args.data), strict=options["strict"])
     else:  # what training would read: the staged copy of data.source (a no-op when already staged)
         from tasks.stage import stage_from_params
 
-        staged = stage_from_params(load_params(args.params, args.overrides))
-        root, label = staged.path, staged.source
-    report = validate_dataset(root, max_listed=args.max_listed)
+        params = load_params(args.params, args.overrides)
+        staged = stage_from_params(params)
+        label = staged.source
+        try:
+            report = validate_staged(params, staged, max_listed=args.max_listed)
+        except DatasetError:
+            report = validate_dataset(staged.yaml_path, strict=params.validate["strict"], confine=True)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -184,6 +192,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         )
     splits = ", ".join(f"{k} {v.images} images / {v.boxes} boxes" for k, v in report.splits.items())
     print(f"dataset {label} is valid: {report.nc} classes; {splits}")
+    if report.warnings:
+        print(f"{len(report.warnings)} warning{'s' if len(report.warnings) != 1 else ''} (trainable, but check):")
+        print(format_warnings(report.warnings, args.max_listed))
     return 0
 
 

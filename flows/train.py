@@ -28,11 +28,12 @@ from tasks.summary import RunSummary
 from tasks.track import (RunRecord, Tracker, backfill_epochs, default_artifact_root, iter_artifacts,
                          resolve_tracking_uri)
 from tasks.train import TrainJob, clear_training_outputs, prepare_run_dir, resume_point
-from tasks.validate import ValidationReport, ensure_valid
+from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.version import code_root, code_version
 
 # Files of a run directory that go to MLflow, beside the weights.
-ARTIFACT_PATTERNS = ("results.csv", "args.yaml", "params.yaml", "metrics.json", "data.yaml", "job.json", "*.png", "*.jpg")
+ARTIFACT_PATTERNS = ("results.csv", "args.yaml", "params.yaml", "metrics.json", "data.yaml", "validation.json", "job.json",
+                     "*.png", "*.jpg")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 # tracking server. Validation and training are deterministic: a retry repeats the failure.
 preflight_task = task(ensure_ready, name="preflight", cache_policy=NO_CACHE)
 load_params_task = task(load_params, name="load-params", cache_policy=NO_CACHE)
-validate_task = task(ensure_valid, name="validate", cache_policy=NO_CACHE)
+validate_task = task(validate_staged, name="validate", cache_policy=NO_CACHE)
 stage_exact_task = task(stage_exact, name="stage-exact-version", retries=2, retry_delay_seconds=5,
                         retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 stage_task = task(stage_from_params, name="stage", retries=2, retry_delay_seconds=5,
@@ -96,6 +97,7 @@ def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: Val
         **({"trainyard.image": str(params.container["image"]), "trainyard.image_digest": key.env_digest}
            if key.env_kind == "docker" else {}),
         "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
+        "trainyard.data_warnings": str(len(report.warnings)),
         **extra_tags,
     }
     run_id = tracker.start_run(
@@ -213,8 +215,12 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
                 staged.path, " (reused)" if staged.reused else "", staged.seconds)
     for note in staged.notes:
         logger.warning(note)
-    report = validate_task(staged.path, label=staged.source)
-    logger.info("dataset %s is valid: %s", staged.source, {k: v.images for k, v in report.splits.items()})
+    report = validate_task(params, staged)
+    logger.info("dataset %s is valid%s: %s", staged.source, " (checked before, same data version)" if report.cached
+                else "", {k: v.images for k, v in report.splits.items()})
+    if report.warnings:
+        logger.warning("dataset %s trains with %d warning(s):\n%s", staged.source, len(report.warnings),
+                       format_warnings(report.warnings))
     runner = make_runner(params.runner["kind"], params.container)
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
@@ -229,6 +235,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
     try:
         (out / "params.yaml").write_text(params.to_yaml())
+        (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         data_yaml = staged.training_yaml(out / "data.yaml")
         job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
         with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it

@@ -114,7 +114,7 @@ def _source_check(params: Params) -> Check:
         except TrainyardError as exc:
             return Check("data source", False, True, str(exc), "fix data.source / data.endpoint_url or the AWS credentials")
     path = params.data_source
-    ok = path.is_dir() and os.access(path, os.R_OK | os.X_OK)
+    ok = (path.is_dir() and os.access(path, os.R_OK | os.X_OK)) or (path.is_file() and os.access(path, os.R_OK))
     return Check("data source", ok, True, f"{path}" + ("" if ok else ": missing or unreadable"),
                  "" if ok else "fix data.source (run `make data` for the demo dataset)")
 

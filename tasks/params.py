@@ -105,6 +105,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "verify": _Key((bool,), False, "true to re-hash a staged copy before every use, false to trust its manifest"),
         "workers": _Key((int,), 32, "parallel downloads, like 32", _positive),
     },
+    "validate": {
+        "strict": _Key((bool,), False, "true to refuse images without a label file, false to train them as backgrounds "
+                       "(as Ultralytics does)"),
+    },
     "runner": {
         "kind": _Key((str,), "local", "local or docker", _one_of("local", "docker")),
         "retries": _Key((int,), 2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)",
@@ -129,7 +133,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "run_name": _Key((str, type(None)), None, "a run name, or null for model-data-params"),
     },
 }
-SECTIONS: tuple[str, ...] = ("data", "stage", "train", "runner", "container", "reproduce", "tracking")
+SECTIONS: tuple[str, ...] = ("data", "stage", "validate", "train", "runner", "container", "reproduce", "tracking")
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Params:
 
     data: dict[str, Any]
     stage: dict[str, Any]
+    validate: dict[str, Any]
     train: dict[str, Any]
     runner: dict[str, Any]
     container: dict[str, Any]

@@ -19,11 +19,13 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from tasks.errors import DataSourceError, TrainyardError
+from tasks.dataset_yaml import YAML_SUFFIXES, find_dataset_yaml, read_dataset_yaml
+from tasks.errors import DatasetError, DataSourceError, TrainyardError
+from tasks.stage_plan import LocalPlan, plan_local
 from tasks.stage_cache import Manifest, StageCache, check_relpath, size_is
 from tasks.version import DVC_SKIPPED_DIRS, dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
 
@@ -44,6 +46,7 @@ class SourceSpec:
     region: str | None = None
     profile: str | None = None
     given: str | None = None  # data.source as the user wrote it (relative paths stay relative)
+    yaml: str | None = None  # the dataset yaml's name when data.source names the file, not its folder
 
     @property
     def display(self) -> str:
@@ -57,11 +60,16 @@ def source_spec(source: str, *, base_dir: Path, rev: str | None = None, endpoint
     if source.startswith("s3://"):
         if rev:
             raise DataSourceError(f"data.rev is for DVC-tracked paths; {source} is an S3 source (remove data.rev)")
+        prefix, _slash, name = source.rstrip("/").rpartition("/")
+        if name.lower().endswith(YAML_SUFFIXES) and prefix != "s3:/":
+            return SourceSpec("s3", prefix + "/", None, endpoint_url, region, profile, given=source, yaml=name)
         return SourceSpec("s3", source, None, endpoint_url, region, profile, given=source)
     if "://" in source:
         raise DataSourceError(f"data.source {source!r}: valid forms are s3://bucket/prefix or a local/NAS path")
     path = Path(source).expanduser()
     path = path if path.is_absolute() else base_dir / path
+    if path.suffix.lower() in YAML_SUFFIXES and (path.is_file() or not path.exists()):
+        return SourceSpec("dvc" if rev else "local", str(path.parent), rev, given=source, yaml=path.name)
     return SourceSpec("dvc" if rev else "local", str(path), rev, given=source)
 
 
@@ -77,22 +85,39 @@ class StagedDataset:
     reused: bool  # True when an existing verified copy was returned
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())  # things the user should know (e.g. .dvc out of sync)
+    yaml: str | None = None  # the dataset yaml to train (None: the one dataset yaml at the top of the copy)
 
     @property
     def key(self) -> str:
         return self.md5.removesuffix(".dir")
 
-    def training_yaml(self, dest: Path) -> Path:
-        """Write a data.yaml for Ultralytics at ``dest`` that points at this copy.
+    @property
+    def yaml_path(self) -> Path:
+        """The dataset yaml inside the copy."""
+        return find_dataset_yaml(self.path / self.yaml if self.yaml else self.path)
 
-        The copy's own data.yaml stays byte-identical to the source (it is part of the
-        hash); a ``path:`` inside it could point back at the source, so it is overridden.
+    def training_yaml(self, dest: Path) -> Path:
+        """Write the data yaml Ultralytics trains from at ``dest``: every split an absolute path inside this copy.
+
+        The copy's own yaml stays as staged (it is part of the hash). Its splits are
+        resolved here exactly as validation resolved them (Roboflow's ``../train/images``
+        included), ``path:`` is the copy (what a container mounts), and keys that could
+        make Ultralytics fetch or run anything (``download:``) are left out.
         """
-        config = yaml.safe_load((self.path / "data.yaml").read_text()) or {}
-        config.pop("background", None)  # a trainyard key (see tasks.validate); not Ultralytics'
-        config["path"] = str(self.path)
+        problems: list[str] = []
+        config = read_dataset_yaml(self.yaml_path, problems)
+        if config is None:
+            raise DataSourceError(f"staged dataset {self.path} cannot be read: {'; '.join(problems)}")
+        data: dict[str, Any] = {"path": str(self.path)}
+        for split, entries in config.splits.items():
+            paths = [e.path for e in entries]
+            data[split] = paths[0] if len(paths) == 1 else paths
+        data["nc"] = config.nc
+        data["names"] = dict(enumerate(config.names))
+        if "channels" in config.data:
+            data["channels"] = config.data["channels"]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(yaml.safe_dump(config, sort_keys=False))
+        dest.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         return dest
 
 
@@ -108,7 +133,7 @@ def stage_dataset(spec: SourceSpec, cache: StageCache, *, verify: bool = False, 
     else:
         staged = _stage_local(spec, cache, verify, progress)
     cache.evict(keep=staged.key)
-    return replace(staged, seconds=round(time.monotonic() - started, 3))
+    return replace(staged, seconds=round(time.monotonic() - started, 3), yaml=staged.yaml or spec.yaml)
 
 
 def stage_local(source: Path | str, root: Path | str | None = None) -> StagedDataset:
@@ -122,25 +147,33 @@ def stage_local(source: Path | str, root: Path | str | None = None) -> StagedDat
 def _stage_local(spec: SourceSpec, cache: StageCache, verify: bool, progress: Progress | None) -> StagedDataset:
     source = Path(spec.location)
     listing = _list_local(source)
-    _require_yolo_root([rel for rel, _s, _m in listing], spec.display)
-    source_id = f"local:{source.resolve()}"
-    fingerprint = _fingerprint(listing)
+    yaml_rel = _dataset_yaml(source, [rel for rel, _s, _m in listing], spec)
+    plan = plan_local(source, yaml_rel)
+    items = _local_items(source, listing, plan)
+    source_id = f"local:{source.resolve()}:{yaml_rel}"
+    fingerprint = _fingerprint([item[:3] for item in items])
+    notes = plan.notes if plan else ()
+
+    def found(hit: StagedDataset) -> StagedDataset:
+        return replace(hit, yaml=yaml_rel, notes=notes + (() if plan else _dvc_sync_note(source, hit.md5)))
+
     if not verify:
         hit = _index_hit(cache, source_id, fingerprint, spec.display)
         if hit:
-            return replace(hit, notes=_dvc_sync_note(source, hit.md5))
+            return found(hit)
     with cache.writer_lock(_lock_name(source_id)):
         if not verify:
             hit = _index_hit(cache, source_id, fingerprint, spec.display)
             if hit:
-                return replace(hit, notes=_dvc_sync_note(source, hit.md5))
-        cache.admit(sum(size for _rel, size, _m in listing), spec.display)
+                return found(hit)
+        cache.admit(sum(item[1] for item in items), spec.display)
         # Copy and hash in one pass (one read of a slow NAS); the copy's own bytes are hashed.
         work = cache.partial_dir(f"fp-{fingerprint[:32]}")
-        md5s = _copy_local(source, work, listing, progress)
-        if _fingerprint(_list_local(source)) != fingerprint:
+        md5s = _copy_local(work, items, progress)
+        again = _local_items(source, _list_local(source), plan_local(source, yaml_rel))
+        if _fingerprint([item[:3] for item in again]) != fingerprint:
             raise DataSourceError(f"dataset {source} changed while it was being staged; rerun to stage the new version")
-        manifest = [(rel, size, md5s[rel]) for rel, size, _mtime in listing]
+        manifest = [(rel, size, md5s[rel]) for rel, size, *_rest in items]
         key = manifest_md5(manifest).removesuffix(".dir")
         version = cache.lookup(key, verify=verify)
         reused = version is not None
@@ -149,8 +182,42 @@ def _stage_local(spec: SourceSpec, cache: StageCache, verify: bool, progress: Pr
         else:
             shutil.rmtree(work, ignore_errors=True)
         cache.index_put(source_id, fingerprint, key)
-    notes = _dvc_sync_note(source, f"{key}.dir")
-    return StagedDataset(version.path, f"{key}.dir", spec.display, version.files, version.bytes, reused, notes=notes)
+    staged = StagedDataset(version.path, f"{key}.dir", spec.display, version.files, version.bytes, reused)
+    return found(staged)
+
+
+# (relpath in the copy, size, change stamp, file to copy or None, bytes to write or None), sorted by relpath
+_Item = tuple[str, int, object, str | None, bytes | None]
+
+
+def _local_items(source: Path, listing: list[tuple[str, int, int]], plan: LocalPlan | None) -> list[_Item]:
+    """What the staged copy holds: the folder's files, plus (see tasks.stage_plan) outside files and rewrites."""
+    rewrites = plan.rewrites if plan else {}
+    items: list[_Item] = [(rel, size, mtime, str(source / rel), None) for rel, size, mtime in listing
+                          if rel not in rewrites]
+    if plan:
+        for src, rel in plan.external:
+            try:
+                st = os.stat(src)
+            except OSError as exc:
+                raise DataSourceError(f"cannot read {src}: {exc.strerror}") from None
+            items.append((check_relpath(rel, str(source)), st.st_size, st.st_mtime_ns, src, None))
+        for rel, data in rewrites.items():
+            items.append((rel, len(data), hashlib.md5(data).hexdigest(), None, data))  # noqa: S324 - a change stamp
+    return sorted(items, key=lambda item: item[0])
+
+
+def _dataset_yaml(source: Path, relpaths: list[str], spec: SourceSpec) -> str:
+    """The dataset yaml's relpath in a local source; DataSourceError (nothing staged) when there is not exactly one."""
+    if spec.yaml:
+        if spec.yaml not in relpaths:
+            raise DataSourceError(f"{spec.display}: {source / spec.yaml} does not exist (valid form: a dataset "
+                                  f"yaml file, or a folder holding one); nothing was staged")
+        return spec.yaml
+    try:
+        return find_dataset_yaml(source).relative_to(source).as_posix()
+    except DatasetError as exc:
+        raise DataSourceError(f"{exc}; nothing was staged") from None
 
 
 def _list_local(source: Path) -> list[tuple[str, int, int]]:
@@ -193,27 +260,30 @@ def _hash_listing(source: Path, listing: list[tuple[str, int, int]]) -> Manifest
     return [(rel, size, file_md5(source / rel)) for rel, size, _mtime in listing]
 
 
-def _copy_local(source: Path, work: Path, listing: list[tuple[str, int, int]],
-                progress: Progress | None) -> dict[str, str]:
-    """Copy what the work dir lacks, hashing as it goes; hash what an earlier attempt left."""
+def _copy_local(work: Path, items: list[_Item], progress: Progress | None) -> dict[str, str]:
+    """Copy (or write) what the work dir lacks, hashing as it goes; hash what an earlier attempt left."""
     md5s: dict[str, str] = {}
     done_files = done_bytes = 0
-    for rel, size, _mtime in listing:
+    for rel, size, _stamp, src, data in items:
         dest = work / rel
-        if size_is(dest, size):
+        if data is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            md5s[rel] = hashlib.md5(data).hexdigest()  # noqa: S324 - content address (DVC's), not security
+        elif size_is(dest, size):
             md5s[rel] = file_md5(dest)  # resumed: trust nothing, but do not re-read the source
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".part")
             digest = hashlib.md5()  # noqa: S324 - content address (DVC's), not security
             try:
-                with open(source / rel, "rb") as src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
+                with open(str(src), "rb") as fh, open(tmp, "wb") as out:
+                    while chunk := fh.read(1 << 20):
                         digest.update(chunk)
                         out.write(chunk)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                raise DataSourceError(f"cannot copy {source / rel}: {exc.strerror}") from None
+                raise DataSourceError(f"cannot copy {src}: {exc.strerror}") from None
             os.replace(tmp, dest)
             md5s[rel] = digest.hexdigest()
         done_files += 1
@@ -260,7 +330,7 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
     objects = client.list_objects(loc)
     for obj in objects:
         check_relpath(obj.relpath, spec.location)
-    _require_yolo_root([o.relpath for o in objects], spec.display)
+    _require_dataset_yaml([o.relpath for o in objects], spec)
     source_id = f"s3:{spec.endpoint_url or ''}:{loc.url}"
     fingerprint = _fingerprint([(o.relpath, o.size, o.etag) for o in objects])
     if not verify:
@@ -303,12 +373,18 @@ def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, p
 # ---------------------------------------------------------------------- shared
 
 
-def _require_yolo_root(relpaths: list[str], display: str) -> None:
-    """Refuse before copying anything when the source is not a YOLO dataset at all."""
-    if "data.yaml" not in relpaths:
+def _require_dataset_yaml(relpaths: list[str], spec: SourceSpec) -> None:
+    """Refuse before copying anything when the source holds no dataset yaml at its top."""
+    if spec.yaml:
+        if spec.yaml not in relpaths:
+            raise DataSourceError(f"{spec.display}: {spec.yaml} is not in the source (valid form: a dataset yaml "
+                                  f"file, or a folder or prefix holding one); nothing was staged")
+        return
+    if not any("/" not in rel and rel.lower().endswith(YAML_SUFFIXES) for rel in relpaths):
         raise DataSourceError(
-            f"{display} has no data.yaml at its top, so it is not a YOLO dataset (valid form: a folder or "
-            "prefix with data.yaml, images/<split>/ and labels/<split>/); nothing was staged"
+            f"{spec.display} has no dataset yaml (like data.yaml) at its top, so it is not a YOLO dataset (valid "
+            "form: a folder or prefix with data.yaml and its images and labels, or the yaml file itself); "
+            "nothing was staged"
         )
 
 
@@ -388,11 +464,12 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
     """
     cache = cache_from_params(params)
     cache.ensure_root()
+    spec = spec_from_params(params)
     version = cache.lookup(md5.removesuffix(".dir"))
     if version is not None:
-        return StagedDataset(version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True)
+        return StagedDataset(version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True,
+                             yaml=spec.yaml)
     looked = [f"the stage cache {cache.root} (absent)"]
-    spec = spec_from_params(params)
     candidates = []
     if spec.kind == "local" and commit and commit != "none":
         if Path(spec.location).with_name(Path(spec.location).name + ".dvc").exists():

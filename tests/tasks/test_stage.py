@@ -96,8 +96,8 @@ def test_a_source_changing_during_the_copy_is_refused(tmp_path: Path, tiny_datas
     data = copy_dataset(tiny_dataset, tmp_path / "data")
     real_copy = stage_mod._copy_local
 
-    def copy_then_edit(source: Path, work: Path, listing: list, progress: object) -> dict:
-        out = real_copy(source, work, listing, progress)
+    def copy_then_edit(work: Path, items: list, progress: object) -> dict:
+        out = real_copy(work, items, progress)
         victim = sorted((data / "labels" / "train").glob("*.txt"))[-1]
         victim.write_text("1 0.5 0.5 0.3 0.3\n")
         return out
@@ -177,7 +177,7 @@ def test_bad_sources_and_roots_are_one_clear_error(tmp_path: Path, tiny_dataset:
         stage_local(tmp_path / "empty", tmp_path / "cache")
     (tmp_path / "notyolo").mkdir()
     (tmp_path / "notyolo" / "notes.txt").write_text("hello")
-    with pytest.raises(DataSourceError, match="not a YOLO dataset"):
+    with pytest.raises(DataSourceError, match="no dataset yaml at the top of the folder"):
         stage_local(tmp_path / "notyolo", tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
     blocker = tmp_path / "file"
@@ -195,7 +195,20 @@ def test_training_yaml_points_at_the_copy_not_the_source(tmp_path: Path, tiny_da
     (data / "data.yaml").write_text(yaml.safe_dump(cfg))
     staged = stage_local(data, tmp_path / "cache")
     out = yaml.safe_load(staged.training_yaml(tmp_path / "run" / "data.yaml").read_text())
-    assert out["path"] == str(staged.path) and out["train"] == "images/train"
+    assert out["path"] == str(staged.path)
+    assert out["train"] == str(staged.path / "_trainyard_train.txt")
+    # the staged copy is self-contained: its yaml lost the absolute path, its lists are ./-relative
+    assert "path" not in yaml.safe_load((staged.path / "data.yaml").read_text())
+    lines = (staged.path / "_trainyard_train.txt").read_text().splitlines()
+    assert lines and all(line.startswith("./images/train/") for line in lines)
+    assert "absolute paths" in staged.notes[0]
+
+
+def test_a_self_contained_yaml_trains_from_its_own_folders(tmp_path: Path, tiny_dataset: Path) -> None:
+    staged = stage_local(tiny_dataset, tmp_path / "cache")
+    out = yaml.safe_load(staged.training_yaml(tmp_path / "run" / "data.yaml").read_text())
+    assert out["path"] == str(staged.path) and out["train"] == str(staged.path / "images/train")
+    assert out["names"] == yaml.safe_load((tiny_dataset / "data.yaml").read_text())["names"]  # {0: circle, ...}
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -229,3 +242,36 @@ def test_dvc_tracked_data_at_an_older_rev_stages_exactly_that_version(tmp_path: 
     assert current.md5 == dvc_dir_md5(data) != v1_md5
     with pytest.raises(Exception, match="does not exist at git revision"):
         stage_dataset(source_spec("data/nothing", base_dir=repo, rev=v1), cache)
+
+
+def test_a_list_reaching_outside_every_declared_root_is_refused_before_copying(tmp_path: Path,
+                                                                               tiny_dataset: Path) -> None:
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    secret = tmp_path / "home" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes((next((data / "images" / "train").iterdir())).read_bytes())
+    (data / "train.txt").write_text(f"./images/train/{next((data / 'images' / 'train').iterdir()).name}\n"
+                                    f"./../home/secret.jpg\n")
+    cfg = yaml.safe_load((data / "data.yaml").read_text())
+    (data / "data.yaml").write_text(yaml.safe_dump({**cfg, "train": "train.txt"}))
+    with pytest.raises(DataSourceError, match="outside every folder the yaml declares"):
+        stage_local(data, tmp_path / "cache")
+    assert _published(tmp_path / "cache") == []
+
+
+def test_outside_data_is_staged_once_and_its_edits_make_a_new_version(tmp_path: Path, tiny_dataset: Path) -> None:
+    nas = copy_dataset(tiny_dataset, tmp_path / "nas" / "shapes")
+    config = tmp_path / "project" / "data"
+    config.mkdir(parents=True)
+    cfg = yaml.safe_load((nas / "data.yaml").read_text())
+    (config / "shapes.yaml").write_text(yaml.safe_dump({**cfg, "path": str(nas)}))
+    first = stage_local(config, tmp_path / "cache")
+    assert (first.path / "_external" / "shapes" / "images" / "train").is_dir()
+    assert (first.path / "_external" / "shapes" / "labels" / "train").is_dir()
+    assert stage_local(config, tmp_path / "cache").md5 == first.md5  # warm: nothing changed
+    label = sorted((nas / "labels" / "train").glob("*.txt"))[0]
+    label.write_text("0 0.5 0.5 0.25 0.25\n")
+    second = stage_local(config, tmp_path / "cache")
+    assert second.md5 != first.md5 and not second.reused
+    staged_label = second.path / "_external" / "shapes" / "labels" / "train" / label.name
+    assert staged_label.read_text() == "0 0.5 0.5 0.25 0.25\n"

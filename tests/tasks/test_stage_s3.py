@@ -162,3 +162,22 @@ def test_train_flow_from_s3_records_the_data_version_and_no_secrets(
     assert run.tags["trainyard.data_source"] == url and run.params["data.source"] == url
     everything = " ".join([*run.params.values(), *run.tags.values(), Path(result.run_dir, "params.yaml").read_text()])
     assert secret not in everything and "AWS_SECRET" not in everything
+
+
+def test_a_roboflow_export_named_by_its_yaml_on_s3_stages_and_validates(s3_env: str, tmp_path: Path) -> None:
+    from tasks.validate import validate_dataset
+    from tests.tasks.test_dataset_layouts import roboflow
+
+    export = roboflow(tmp_path / "export")
+    (export / "data.yaml").rename(export / "flowers.yaml")
+    (export / "notes.yaml").write_text("not: a dataset\n")
+    url = _upload(s3_env, export, prefix="exports/flowers-v1") + "/flowers.yaml"
+    staged = _stage(url, tmp_path / "cache", s3_env)
+    assert staged.yaml == "flowers.yaml" and staged.yaml_path == staged.path / "flowers.yaml"
+    report = validate_dataset(staged.yaml_path, confine=True)
+    assert report.ok, report.problems
+    assert {k: v.images for k, v in report.splits.items()} == {"train": 2, "val": 2, "test": 2}
+    training = yaml.safe_load(staged.training_yaml(tmp_path / "run" / "data.yaml").read_text())
+    assert training["val"] == str(staged.path / "valid" / "images")  # Roboflow's ../valid/images, resolved
+    with pytest.raises(DataSourceError, match="gone.yaml is not in the source"):
+        _stage(url.replace("flowers.yaml", "gone.yaml"), tmp_path / "cache", s3_env)
