@@ -16,3 +16,14 @@ def git_head(repo: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "n/a"
     return head + " + uncommitted changes" if dirty and head != "n/a" else head
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo, or "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # run as a script: its sibling modules
-from benchfacts import git_head  # noqa: E402
+from benchfacts import cpu_model, git_head  # noqa: E402
 PROJECT_BIN = REPO / ".venv" / "bin"
 BENCH_BIN = HERE / ".venv" / "bin"
 
@@ -436,14 +436,7 @@ def tool_version(cmd: list[str], env: dict) -> str:
 def machine_info(env: dict) -> list[tuple[str, str]]:
     import moto
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = "unknown"
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])

@@ -39,7 +39,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # run as a script: its sibling modules
-from benchfacts import git_head  # noqa: E402
+from benchfacts import cpu_model, git_head  # noqa: E402
 
 GEN_VERSION = 1  # bump when the generator changes, so old datasets are not reused
 MARKER = ".bench-complete"  # hidden: neither tool looks at it
@@ -368,14 +368,7 @@ def machine_info(tool_facts: dict[str, str], load_start: str) -> list[tuple[str,
     import PIL
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         affinity = str(len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
