@@ -9,13 +9,17 @@ PYTEST_ARGS ?=
 
 IMAGE ?= trainyard-train:latest
 
-.PHONY: demo test test-fast venv data repro ui lock clean image image-ci bench
+.PHONY: demo test test-fast lint venv data repro ui lock clean image image-ci bench
 
 demo: venv data  ## train on the demo dataset with the Prefect flow, print the MLflow run
 	$(BIN)/trainyard run
 
 test: venv  ## the whole suite (real MLflow server, Prefect API, dvc, training)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv  ## ruff (pyflakes, bugbear, third-party imports only under tasks/adapters/) and mypy (strict on tasks/)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-fast: venv  ## unit tests only (seconds)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

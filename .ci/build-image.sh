@@ -109,7 +109,7 @@ DOCKER_BUILDKIT=0 docker build -f "$DOCKERFILE" \
   | while IFS= read -r line; do printf '%(%T)T %s\n' -1 "$line"; done
 
 step "check"
-docker run --rm --entrypoint python "$IMAGE" -c "import tasks.train, torch, cv2; print('   ok: torch', torch.__version__, 'cv2', cv2.__version__)"
+docker run --rm --entrypoint python "$IMAGE" -c "import tasks.adapters.ultralytics_trainer, torch, cv2; print('   ok: torch', torch.__version__, 'cv2', cv2.__version__)"
 
 if [ "${TRAINYARD_CI_KEEP_OLD:-0}" != 1 ]; then
   for old in $(docker image ls --format '{{.Repository}}:{{.Tag}}' "$REPO" | grep -E ":ci-[0-9a-f]{16}$" | grep -v ":ci-$HASH$"); do

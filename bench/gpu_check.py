@@ -2,9 +2,9 @@
 
     python bench/gpu_check.py --out DIR [--device 0] [--epochs 40] [--batch 8]   (the demo's settings)
 
-1. NVML telemetry as `trainyard doctor` reads it (tasks/telemetry.py, the real pynvml).
+1. NVML telemetry as `trainyard doctor` reads it (tasks/adapters/nvml.py, the real pynvml).
 2. YOLO11n trained on the demo dataset on the GPU through the training-process seam
-   (`python -m tasks.train job.json`, the same entry point the Docker image runs), twice with
+   (`python -m tasks.adapters.ultralytics_trainer job.json`, the same entry point the Docker image runs), twice with
    the same seed: how far apart two identical GPU runs land, per metric and epoch. That is
    the evidence for `reproduce.rtol` / `reproduce.atol` on GPUs.
 3. A training SIGKILLed halfway (after checkpoint epochs//2) and resumed from last.pt (`resume: true`):
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks.demo_data import generate_demo_dataset  # noqa: E402
-from tasks.telemetry import read_nvml  # noqa: E402
-from tasks.train import TrainJob, resume_point  # noqa: E402
+from tasks.adapters.nvml import read_nvml  # noqa: E402
+from tasks.job import TrainJob, resume_point  # noqa: E402
 
 
 def rows(results_csv: Path) -> list[dict[str, float]]:
@@ -52,7 +52,7 @@ def train(work: Path, name: str, args: dict[str, Any], kill_after: int | None = 
     env.pop("MLFLOW_RUN_ID", None)
     log = (run_dir / ("resume.log" if resume else "train.log")).open("wb")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.train", str(job)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.adapters.ultralytics_trainer", str(job)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     killed_at = None
     if kill_after is not None:
@@ -73,7 +73,7 @@ def train(work: Path, name: str, args: dict[str, Any], kill_after: int | None = 
 def compare(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, Any]:
     """Largest absolute and relative difference per column, and the first epoch that differs."""
     out: dict[str, Any] = {"identical": a == b, "first_diff_epoch": None, "columns": {}}
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=False):  # a shorter run compares the epochs both have
         if ra != rb and out["first_diff_epoch"] is None:
             out["first_diff_epoch"] = int(ra["epoch"])
         for k, va in ra.items():

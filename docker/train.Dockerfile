@@ -1,5 +1,5 @@
-# Training image: `python -m tasks.train JOB.json` with the exact dependency set of
-# requirements.lock. The Docker runner (tasks/containers.py) starts it by digest and reads
+# Training image: `python -m tasks.adapters.ultralytics_trainer JOB.json` with the exact dependency set of
+# requirements.lock. The Docker runner (tasks/adapters/docker_engine.py) starts it by digest and reads
 # the org.trainyard.cuda label. Build from the repository root:
 #
 #   make image      # users: official PyTorch base, torch from the base, other deps from PyPI
@@ -103,7 +103,7 @@ ARG VERSION=0.1.0
 ARG SOURCE_URL=https://github.com/trainyard/trainyard
 LABEL org.trainyard.cuda="${CUDA_VERSION}" \
       org.opencontainers.image.title="trainyard-train" \
-      org.opencontainers.image.description="trainyard YOLO11 training image: python -m tasks.train JOB.json" \
+      org.opencontainers.image.description="trainyard YOLO11 training image: python -m tasks.adapters.ultralytics_trainer JOB.json" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -121,7 +121,7 @@ COPY flows ./flows
 COPY tasks ./tasks
 RUN pip install -q --disable-pip-version-check --no-cache-dir --no-index --no-deps --no-build-isolation . \
  && rm -rf build ./*.egg-info /root/.cache \
- && cd / && python -c "import tasks.train, flows.cli; print('trainyard', __import__('importlib.metadata').metadata.version('trainyard'))" \
+ && cd / && python -c "import tasks.adapters.ultralytics_trainer, flows.cli; print('trainyard', __import__('importlib.metadata').metadata.version('trainyard'))" \
  && rm -rf /tmp/Ultralytics
 
 # Provenance from .ci/build-image.sh (empty for plain builds); last so it never busts the cache.
@@ -131,4 +131,4 @@ LABEL org.trainyard.lock-sha256="${LOCK_SHA256}" \
       org.trainyard.build-hash="${BUILD_HASH}"
 
 USER trainyard
-ENTRYPOINT ["python", "-m", "tasks.train"]
+ENTRYPOINT ["python", "-m", "tasks.adapters.ultralytics_trainer"]

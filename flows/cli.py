@@ -166,10 +166,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     if args.data:  # a folder or yaml as it is (absolute paths and outside folders are allowed here)
         label = args.data
-        options = {"strict": False}
+        from tasks.params import ValidateParams
+
+        options = ValidateParams()  # no params.yaml needed to check a folder
         if args.overrides or Path(args.params).exists():
             options = load_params(args.params, args.overrides).validate
-        report = validate_dataset(Path(args.data), strict=options["strict"])
+        report = validate_dataset(Path(args.data), strict=options.strict)
     else:  # what training would read: the staged copy of data.source (a no-op when already staged)
         from tasks.stage import stage_from_params
 
@@ -179,7 +181,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             report = validate_staged(params, staged, max_listed=args.max_listed)
         except DatasetError:
-            report = validate_dataset(staged.yaml_path, strict=params.validate["strict"], confine=True)
+            report = validate_dataset(staged.yaml_path, strict=params.validate.strict, confine=True)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -228,28 +230,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 def _cmd_data_snapshot(args: argparse.Namespace) -> int:
     from tasks.params import load_params
-    from tasks.stage import stage_from_params
-    from tasks.version import dvc_add, dvc_push
+    from tasks.snapshot import snapshot
 
-    params = load_params(args.params, args.overrides)
-    staged = stage_from_params(params)
-    dest = params.base_dir / "data" / args.name
-    if dest.exists():
-        raise TrainyardError(f"{dest} already exists; choose another name or remove it")
-    tmp = dest.with_name(f".{args.name}.snapshot-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(staged.path, tmp, ignore=shutil.ignore_patterns(".trainyard-*", "*.cache"))
-    for p in tmp.rglob("*"):
-        if p.is_file():
-            p.chmod(0o644)
-    tmp.rename(dest)
-    md5 = dvc_add(dest, params.base_dir)
-    if md5 != staged.md5:
-        raise TrainyardError(f"dvc recorded {md5} for {dest}, but the staged copy is {staged.md5}")
-    if not args.no_push:
-        dvc_push([f"{dest}.dvc"], params.base_dir)
-    rel = dest.relative_to(params.base_dir)
-    print(f"{staged.source} -> {rel} ({md5}); commit {rel}.dvc and set data.source: {rel}")
+    snap = snapshot(load_params(args.params, args.overrides), args.name, push=not args.no_push)
+    print(f"{snap.source} -> {snap.path} ({snap.md5}); commit {snap.path}.dvc and set data.source: {snap.path}")
     return 0
 
 
@@ -266,7 +250,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_data_demo(args: argparse.Namespace) -> int:
     from tasks.demo_data import generate_demo_dataset
-    from tasks.version import data_version, dvc_add, dvc_push
+    from tasks.adapters.git_dvc import data_version, dvc_add, dvc_push
 
     dest = Path(args.dest)
     if not dest.exists():
@@ -307,34 +291,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _reproduce_in_worktree(args: argparse.Namespace) -> int:
     """Run `trainyard reproduce` again, importing the recorded commit's code from a git worktree."""
-    import tempfile
-
+    from tasks.adapters.git_dvc import code_root, worktree
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.params import load_params
     from tasks.repro_key import ReproKey
-    from tasks.track import Tracker, resolve_tracking_uri
-    from tasks.version import code_root
 
     params = load_params(args.params, args.overrides)
-    uri, _ = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     commit = ReproKey.from_tags(Tracker(uri).get_run(args.run_id).tags, args.run_id).code_commit
     if commit == "none":
         raise TrainyardError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
-    repo = code_root()
-    tmp = Path(tempfile.mkdtemp(prefix="trainyard-worktree-"))
-    worktree = tmp / "code"
-    add = subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=repo,
-                         capture_output=True, text=True)
-    if add.returncode != 0:
-        raise TrainyardError(f"cannot check out commit {commit} in {repo}: {add.stderr.strip()}")
-    try:
+    with worktree(code_root(), commit) as code:
         cmd = [sys.executable, "-m", "flows.cli", "reproduce", args.run_id, "--params", str(Path(args.params).resolve())]
         cmd += [f"--set={o}" for o in args.overrides]
         cmd += (["--epochs", str(args.epochs)] if args.epochs else []) + (["--allow-drift"] if args.allow_drift else [])
-        print(f"running the recorded code {commit[:12]} from {worktree}")
-        return subprocess.call(cmd, cwd=worktree, env={**os.environ, "PYTHONPATH": str(worktree)})
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=repo, capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"running the recorded code {commit[:12]} from {code}")
+        return subprocess.call(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)})
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -388,10 +360,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from tasks.params import load_params
-    from tasks.track import default_artifact_root, resolve_tracking_uri
+    from tasks.adapters.mlflow_tracking import default_artifact_root, resolve_tracking_uri
 
     params = load_params(args.params, args.overrides)
-    uri, _ = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     if uri.startswith(("http://", "https://")):
         print(f"runs are on a tracking server: open {uri}")
         return 0

@@ -4,7 +4,7 @@ This lives in flows/ because it is Prefect, not trainyard logic: the prefect-doc
 prefect-kubernetes workers' own job configuration classes fill a base job template with a
 deployment's job variables and prepare it for a flow run, as a worker does before it
 starts a container or creates a Job. The Kubernetes result is then checked against the
-API schema by tasks/k8s_manifest.py (the kubernetes client seam).
+API schema by tasks/adapters/kubernetes_manifest.py (the kubernetes client seam).
 
     python -m flows.pools docker/pools/kubernetes-gpu.json '{"gpus": 2}'
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.errors import DeploymentError, RunnerError, TrainyardError
-from tasks.k8s_manifest import validate_job_manifest
+from tasks.adapters.kubernetes_manifest import validate_job_manifest
 
 POOLS_DIR = Path(__file__).resolve().parent.parent / "docker" / "pools"
 
@@ -80,7 +80,7 @@ def render_docker_create_kwargs(template: Mapping[str, Any], job_variables: Mapp
     flow_run, flow = _flow_run(flow_name, flow_run_name)
     config.prepare_for_flow_run(flow_run, flow=flow)
     if docker_client is None and _asks_engine(config):
-        from tasks.containers import docker_client as local_engine
+        from tasks.adapters.docker_engine import docker_client as local_engine
 
         try:
             docker_client = local_engine()
@@ -156,7 +156,7 @@ def _needs_api(node: Any) -> bool:
 def _flow_run(flow_name: str, flow_run_name: str) -> tuple[Any, Any]:
     from prefect.client.schemas.objects import Flow, FlowRun
 
-    flow = Flow(id=uuid.uuid4(), name=flow_name)
+    flow = Flow(id=uuid.uuid4(), name=flow_name)  # type: ignore[call-arg]  # labels has a default; mypy cannot see it
     return FlowRun(id=uuid.uuid4(), flow_id=flow.id, name=flow_run_name), flow
 
 

@@ -13,15 +13,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.train import train_flow
-from tasks.errors import RunnerError
 from tasks.params import load_params
 from tasks.repro_key import ReproKey
-from tasks.reproduce import Verdict, compare, read_record
+from tasks.reproduce import Verdict, compare, image_for_reproduction, read_record
 from tasks.stage_cache import default_stage_root
-from tasks.track import Tracker, resolve_tracking_uri
-from tasks.version import code_root, code_version
+from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+from tasks.adapters.git_dvc import code_root, code_version
 
-read_record_task = task(read_record, name="read-record", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+read_record_task = task(name="read-record", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)(read_record)
 
 
 @dataclass(frozen=True)
@@ -31,24 +30,7 @@ class Reproduction:
     verdict: Verdict
 
 
-@task(name="image-drift", cache_policy=NO_CACHE)
-def image_for_reproduction(image: str, digest: str, allow_drift: bool, pull: bool) -> tuple[str, dict[str, str]]:
-    """The image to run: the recorded digest, unless the recorded tag has moved (refused, or --allow-drift)."""
-    from tasks.containers import docker_client, resolve_image
-
-    client = docker_client()
-    try:
-        now = resolve_image(client, image, pull=pull).digest
-    except RunnerError:
-        now = None
-    if now == digest:
-        return digest, {}
-    if not allow_drift:
-        raise RunnerError(
-            f"image {image!r} was {digest} when the run was made and is now {now or 'gone'}; reproduce needs "
-            "that digest (rebuild or pull it), or pass --allow-drift to run the current one and record the drift"
-        )
-    return image, {"trainyard.drift.image": f"{digest} -> {now}"}
+image_task = task(name="image-drift", cache_policy=NO_CACHE)(image_for_reproduction)
 
 
 @flow(name="reproduce", log_prints=True)
@@ -57,7 +39,7 @@ def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | 
     """Reproduce MLflow run ``run_id``; ``epochs`` replays only the first N epochs."""
     logger = get_run_logger()
     local = load_params(params_path)  # this machine's tracking store, stage cache and tolerances
-    uri, _ = resolve_tracking_uri(local.tracking["uri"], local.base_dir)
+    uri, _ = resolve_tracking_uri(local.tracking.uri, local.base_dir)
     tracker = Tracker(uri)
     tracker.ping()
     record = read_record_task(tracker, run_id)
@@ -66,12 +48,12 @@ def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | 
     if here.commit != record.key.code_commit:
         logger.warning("run %s was made by code commit %s; this checkout is %s (use --checkout to run the recorded code)",
                        run_id, record.key.code_commit, here.commit)
-    stage_root = local.resolve_path(local.stage["root"]) if local.stage["root"] else default_stage_root()
+    stage_root = local.resolve_path(local.stage.root) if local.stage.root else default_stage_root()
     sets = [f"tracking.uri={uri}", f"stage.root={stage_root}"]
     tags = {"trainyard.reproduces": run_id}
     if record.key.env_kind == "docker":
-        image, drift = image_for_reproduction(record.run.tags.get("trainyard.image", record.key.env_digest),
-                                              record.key.env_digest, allow_drift, bool(local.container["pull"]))
+        image, drift = image_task(record.run.tags.get("trainyard.image", record.key.env_digest),
+                                              record.key.env_digest, allow_drift, bool(local.container.pull))
         sets.append(f"container.image={image}")
         tags.update(drift)
     # The recorded params.yaml, beside the local one so its relative paths mean the same.
@@ -86,8 +68,8 @@ def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | 
         recorded.unlink(missing_ok=True)
     new = tracker.get_run(result.run_id)
     histories = {k: tracker.metric_history(result.run_id, k) for k in record.histories}
-    verdict = compare(record.histories, histories, replay, float(local.reproduce["rtol"]),
-                      float(local.reproduce["atol"]), record.key, ReproKey.from_tags(new.tags, result.run_id))
+    verdict = compare(record.histories, histories, replay, float(local.reproduce.rtol),
+                      float(local.reproduce.atol), record.key, ReproKey.from_tags(new.tags, result.run_id))
     table = Path(result.run_dir) / "reproduction.md"
     table.write_text(verdict.table())
     tracker.log_artifact(result.run_id, table)

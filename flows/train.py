@@ -8,7 +8,7 @@ the `dvc repro` train stage and scheduled deployments.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,15 @@ from tasks.doctor import ensure_ready, format_table
 from tasks.errors import TrainingError, TrainyardError
 from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
-from tasks.repro_key import COMPLETE_TAG, ReproKey, run_name, same_inputs_filter, trainyard_version
+from tasks.repro_key import COMPLETE_TAG, ReproKey, run_name, run_tags, same_inputs_filter, trainyard_version
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
-from tasks.track import (RunRecord, Tracker, backfill_epochs, default_artifact_root, iter_artifacts,
+from tasks.adapters.mlflow_tracking import (RunRecord, Tracker, backfill_epochs, default_artifact_root, iter_artifacts,
                          resolve_tracking_uri)
-from tasks.train import TrainJob, clear_training_outputs, prepare_run_dir, resume_point
+from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
 from tasks.validate import ValidationReport, format_warnings, validate_staged
-from tasks.version import code_root, code_version
+from tasks.adapters.git_dvc import code_root, code_version
 
 # Files of a run directory that go to MLflow, beside the weights.
 ARTIFACT_PATTERNS = ("results.csv", "args.yaml", "params.yaml", "metrics.json", "data.yaml", "validation.json", "job.json",
@@ -58,13 +58,13 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 # Retries only where a second try can help: reading a network source, talking to a
 # tracking server. Validation and training are deterministic: a retry repeats the failure.
-preflight_task = task(ensure_ready, name="preflight", cache_policy=NO_CACHE)
-load_params_task = task(load_params, name="load-params", cache_policy=NO_CACHE)
-validate_task = task(validate_staged, name="validate", cache_policy=NO_CACHE)
-stage_exact_task = task(stage_exact, name="stage-exact-version", retries=2, retry_delay_seconds=5,
-                        retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-stage_task = task(stage_from_params, name="stage", retries=2, retry_delay_seconds=5,
-                  retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+preflight_task = task(name="preflight", cache_policy=NO_CACHE)(ensure_ready)
+load_params_task = task(name="load-params", cache_policy=NO_CACHE)(load_params)
+validate_task = task(name="validate", cache_policy=NO_CACHE)(validate_staged)
+stage_exact_task = task(name="stage-exact-version", retries=2, retry_delay_seconds=5,
+                        retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)(stage_exact)
+stage_task = task(name="stage", retries=2, retry_delay_seconds=5,
+                  retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)(stage_from_params)
 
 
 @task(name="reproduction-key", cache_policy=NO_CACHE)
@@ -88,22 +88,11 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
 def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport,
                    staged: StagedDataset, extra_tags: dict[str, str]) -> tuple[str, str]:
     tracker = Tracker(tracking_uri)  # reachability was checked by the preflight
-    name = params.tracking["run_name"] or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
-    tags = {
-        **key.tags(),
-        "trainyard.data_source": staged.source,
-        "trainyard.overrides": " ".join(params.overrides),
-        "trainyard.runner": params.runner["kind"],
-        **({"trainyard.image": str(params.container["image"]), "trainyard.image_digest": key.env_digest}
-           if key.env_kind == "docker" else {}),
-        "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
-        "trainyard.data_warnings": str(len(report.warnings)),
-        **extra_tags,
-    }
+    name = params.tracking.run_name or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
     run_id = tracker.start_run(
-        params.tracking["experiment"],
+        params.tracking.experiment,
         name,
-        tags=tags,
+        tags={**run_tags(params, key, staged.source, report), **extra_tags},
         params=params.flat(),
         artifact_location=default_artifact_root(tracking_uri, params.base_dir),
     )
@@ -126,32 +115,19 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
     Returns the epochs after which it resumed (empty when it ran straight through).
     """
     logger = get_run_logger()
-    run_dir = Path(job.run_dir)
-    done = resume_point(run_dir)
     resumed: list[int] = []
-    if done is not None or (run_dir / "results.csv").exists() or (run_dir / "weights").exists():
-        # A retry. Epochs the run already holds are never logged twice, whatever the checkpoint says.
+    if is_retry(Path(job.run_dir)):
         tracker = Tracker(tracking_uri)
-        resumed = _resumed_after(tracker, run_id)
         logged = max((step for step, _ in tracker.metric_history(run_id, "train/box_loss")), default=0)
-        if done is not None:
-            resumed.append(done)
-            logger.warning("resuming the training from %s after epoch %d, into MLflow run %s",
-                           run_dir / "weights" / "last.pt", done, run_id)
-            tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, resumed))})
-            job = replace(job, resume=True, logged_through=logged)
-        else:
-            logger.warning("the previous attempt left no checkpoint to resume from; training again from epoch 1")
-            clear_training_outputs(run_dir)
-            job = replace(job, logged_through=logged)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run_id}
+        attempt = plan_retry(job, logged, _resumed_after(tracker, run_id))
+        logger.warning("%s, into MLflow run %s", attempt.note, run_id)
+        if attempt.job.resume:
+            tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, attempt.resumed_after))})
+        job, resumed = attempt.job, attempt.resumed_after
     try:
-        runner.run(job, env, logger.info)
+        runner.run(job, {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run_id}, logger.info)
     except TrainingError as exc:
-        # Worth a retry when the process was killed (OOM killer, preemption, a lost container)
-        # or when it left a checkpoint to go on from; a training that fails before its first
-        # epoch (bad arguments, missing files) would fail the same way again.
-        exc.resumable = exc.killed or resume_point(run_dir) is not None
+        exc.resumable = worth_retrying(exc.killed, Path(job.run_dir))
         raise
     return resumed
 
@@ -221,11 +197,11 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     if report.warnings:
         logger.warning("dataset %s trains with %d warning(s):\n%s", staged.source, len(report.warnings),
                        format_warnings(report.warnings))
-    runner = make_runner(params.runner["kind"], params.container)
+    runner = make_runner(params.runner.kind, params.container)
     key = reproduction_key_task(params, staged, runner)
-    tracking_uri, uri_from = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    tracking_uri, uri_from = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     logger.info("tracking at %s (%s)", tracking_uri, uri_from)
-    experiment = params.tracking["experiment"]
+    experiment = params.tracking.experiment
     if not force:
         prior = up_to_date_task(tracking_uri, experiment, key)
         if prior is not None:
@@ -233,24 +209,15 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     fixed_dir = prepare_run_dir(Path(run_dir).resolve()) if run_dir else None  # refuse before opening a run
     run_id, name = start_run_task(params, key, tracking_uri, report, staged, {**_prefect_tags(), **(extra_tags or {})})
     out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
-    try:
+    with Tracker(tracking_uri).ends_run_on_error(run_id, logger.warning):
         (out / "params.yaml").write_text(params.to_yaml())
         (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         data_yaml = staged.training_yaml(out / "data.yaml")
         job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
         with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
-            resumed = train_task.with_options(retries=params.runner["retries"],
-                                              retry_delay_seconds=params.runner["retry_delay"])(
+            resumed = train_task.with_options(retries=params.runner.retries,
+                                              retry_delay_seconds=params.runner.retry_delay)(
                 runner, job, tracking_uri, run_id)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        try:
-            tracker = Tracker(tracking_uri)
-            tracker.set_tags(run_id, {"trainyard.error": str(exc)[:5000]})
-            tracker.end_run(run_id, status)
-        except TrainyardError:
-            logger.warning("could not mark MLflow run %s as %s", run_id, status)
-        raise
     metrics = finish_run_task(tracking_uri, run_id, out, complete=stop_after is None)
     tracker = Tracker(tracking_uri)
     url = tracker.run_url(tracker.get_run(run_id))
@@ -284,13 +251,13 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
     publish_summary_task(_summary("up to date", prior.name, prior.run_id, url, key, params, metrics,
                                   notes=("nothing changed since this run: no training",)))
     return TrainResult(run_id=prior.run_id, run_name=prior.name, run_dir=prior.tags.get("trainyard.run_dir", ""),
-                       tracking_uri=tracking_uri, experiment=params.tracking["experiment"], metrics=metrics,
+                       tracking_uri=tracking_uri, experiment=params.tracking.experiment, metrics=metrics,
                        key=key.tags(), outcome="up to date", run_url=url)
 
 
 def _summary(outcome: str, name: str, run_id: str, url: str, key: ReproKey, params: Params,
              metrics: dict[str, float | int], notes: tuple[str, ...] = ()) -> RunSummary:
-    image = str(params.container["image"]) if key.env_kind == "docker" else None
+    image = str(params.container.image) if key.env_kind == "docker" else None
     return RunSummary(outcome=outcome, run_name=name, run_id=run_id, run_url=url, data_hash=key.data_hash,
                       params_hash=key.params_hash, env_kind=key.env_kind, env_digest=key.env_digest,
                       code_commit=key.code_commit, metrics=metrics, image=image, notes=notes)

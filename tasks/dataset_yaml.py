@@ -114,9 +114,9 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        at = f"{name}:{mark.line + 1}" if mark is not None else name
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problems.append(f"{where}: not valid YAML: {reason}")
+        problems.append(f"{at}: not valid YAML: {reason}")
         return None
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         kind = "empty" if data is None else f"a {type(data).__name__}"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from tasks.errors import PreflightError, TrainyardError
 from tasks.params import Params
 from tasks.stage_cache import default_stage_root
-from tasks.telemetry import NvmlReport, cuda_at_least, read_nvml
+from tasks.adapters.nvml import NvmlReport, cuda_at_least, read_nvml
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,13 @@ class Check:
 def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callable[[], Any] | None = None) -> list[Check]:
     """Every check for these params; ``nvml``/``docker_client`` are injectable for tests."""
     checks: list[Check] = []
-    docker_needed = params.runner["kind"] == "docker"
-    gpus_wanted = docker_needed and str(params.container["gpus"]).lower() != "none"
+    docker_needed = params.runner.kind == "docker"
+    gpus_wanted = docker_needed and str(params.container.gpus).lower() != "none"
     client = None
 
     if docker_needed:
         try:
-            from tasks.containers import docker_client as default_client
+            from tasks.adapters.docker_engine import docker_client as default_client
 
             client = (docker_client or default_client)()
             version = client.version().get("Version", "?")
@@ -44,7 +44,7 @@ def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callab
         except TrainyardError as exc:
             checks.append(Check("docker daemon", False, True, str(exc), "start Docker, or set runner.kind: local"))
         if client is not None:
-            from tasks.containers import has_nvidia_runtime
+            from tasks.adapters.docker_engine import has_nvidia_runtime
 
             has_rt = has_nvidia_runtime(client)
             checks.append(Check(
@@ -63,12 +63,12 @@ def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callab
         checks.append(Check("gpus (nvml)", False, gpus_wanted, report.reason or "no GPU",
                             "install the NVIDIA driver, or train on CPU (train.device: cpu, container.gpus: none)"))
 
-    if client is not None and params.container.get("image"):
-        from tasks.containers import resolve_image
+    if client is not None and params.container.image:
+        from tasks.adapters.docker_engine import resolve_image
 
         try:
-            img = resolve_image(client, str(params.container["image"]), bool(params.container["require_digest"]),
-                                bool(params.container["pull"]))
+            img = resolve_image(client, str(params.container.image), bool(params.container.require_digest),
+                                bool(params.container.pull))
             checks.append(Check("training image", True, True, f"{img.given} -> {img.digest} (CUDA {img.cuda or '?'})"))
             if img.cuda and report.available and report.cuda_driver:
                 ok = cuda_at_least(report.cuda_driver, img.cuda)
@@ -81,16 +81,16 @@ def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callab
         except TrainyardError as exc:
             checks.append(Check("training image", False, True, str(exc), "build it with `make image`, or fix container.image"))
 
-    root = params.resolve_path(params.stage["root"]) if params.stage["root"] else default_stage_root()
+    root = params.resolve_path(params.stage.root) if params.stage.root else default_stage_root()
     probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
     free_gb = shutil.disk_usage(probe).free / 1e9
     writable = os.access(probe, os.W_OK)
     checks.append(Check("stage.root space", writable, True, f"{root}: {free_gb:.1f} GB free" + ("" if writable else ", not writable"),
                         "" if writable else "set stage.root to a writable local SSD or tmpfs directory"))
 
-    from tasks.track import Tracker, resolve_tracking_uri
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
 
-    uri, origin = resolve_tracking_uri(params.tracking["uri"], params.base_dir)
+    uri, origin = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     try:
         Tracker(uri).ping()
         checks.append(Check("mlflow", True, True, f"{uri} ({origin})"))
@@ -102,13 +102,13 @@ def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callab
 
 
 def _source_check(params: Params) -> Check:
-    source = str(params.data["source"])
+    source = str(params.data.source)
     if source.startswith("s3://"):
-        from tasks.s3 import S3Client, parse_s3_url
+        from tasks.adapters.s3 import S3Client, parse_s3_url
 
         try:
-            client = S3Client(endpoint_url=params.data["endpoint_url"], region=params.data["region"],
-                              profile=params.data["profile"], max_workers=2)
+            client = S3Client(endpoint_url=params.data.endpoint_url, region=params.data.region,
+                              profile=params.data.profile, max_workers=2)
             objects = client.list_objects(parse_s3_url(source))
             return Check("data source", True, True, f"{source}: {len(objects)} objects")
         except TrainyardError as exc:

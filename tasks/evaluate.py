@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tasks.track import read_results_csv
-from tasks.train import TrainOutcome
+from tasks.adapters.mlflow_tracking import read_results_csv
+from tasks.job import TrainOutcome
 
 # Ultralytics' result keys -> the short names users compare in `dvc metrics diff`.
 _FINAL_KEYS = {

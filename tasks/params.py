@@ -17,7 +17,8 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,49 +91,98 @@ def _non_empty(value: Any) -> str | None:
     return None if str(value).strip() else "must not be empty"
 
 
-# The trainyard sections (everything but ``train``). Keep in step with params.yaml comments.
-SCHEMA: dict[str, dict[str, _Key]] = {
-    "data": {
-        "source": _Key((str,), "data/demo", "s3://bucket/prefix, or a path to a dataset folder holding data.yaml", _non_empty),
-        "rev": _Key((str, type(None)), None, "a git revision for a DVC-tracked data.source, or null for the working copy"),
-        "endpoint_url": _Key((str, type(None)), None, "an S3-compatible endpoint like http://minio:9000, or null for AWS"),
-        "region": _Key((str, type(None)), None, "an AWS region like eu-west-1, or null for the AWS default chain"),
-        "profile": _Key((str, type(None)), None, "an AWS profile name, or null for the default credential chain"),
-    },
-    "stage": {
-        "root": _Key((str, type(None)), None, "a directory on local SSD or tmpfs, or null for ~/.cache/trainyard/stage"),
-        "max_gb": _Key((int, float, type(None)), None, "a size in GB for LRU eviction, like 200, or null for no limit", _positive),
-        "verify": _Key((bool,), False, "true to re-hash a staged copy before every use, false to trust its manifest"),
-        "workers": _Key((int,), 32, "parallel downloads, like 32", _positive),
-    },
-    "validate": {
-        "strict": _Key((bool,), False, "true to refuse images without a label file, false to train them as backgrounds "
-                       "(as Ultralytics does)"),
-    },
-    "runner": {
-        "kind": _Key((str,), "local", "local or docker", _one_of("local", "docker")),
-        "retries": _Key((int,), 2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)",
-                        _not_negative),
-        "retry_delay": _Key((int, float), 30, "seconds to wait before resuming a crashed training, like 30", _not_negative),
-    },
-    "container": {
-        "image": _Key((str, type(None)), None, "an image as name:tag, name@sha256:<digest> or name:tag@sha256:<digest>"),
-        "gpus": _Key((str, int), "none", "all, none, or GPU indices like \"0,1\""),
-        "shm_size": _Key((str,), "8g", "a size like 8g (Docker's 64m default kills dataloader workers)"),
-        "ipc": _Key((str, type(None)), None, "host, or null for Docker's default"),
-        "require_digest": _Key((bool,), False, "true to refuse a bare tag in container.image"),
-        "pull": _Key((bool,), True, "true to pull container.image when it is not on this machine"),
-    },
-    "reproduce": {
-        "rtol": _Key((int, float), 0.0, "a relative tolerance like 1e-3 for `trainyard reproduce` (0 = bit-identical)"),
-        "atol": _Key((int, float), 0.0, "an absolute tolerance like 1e-4 for `trainyard reproduce`"),
-    },
-    "tracking": {
-        "uri": _Key((str, type(None)), None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store"),
-        "experiment": _Key((str,), "trainyard", "an MLflow experiment name", _non_empty),
-        "run_name": _Key((str, type(None)), None, "a run name, or null for model-data-params"),
-    },
+def _key(default: Any, form: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A section field: its default, the valid form named in messages, and an optional check."""
+    return field(default=default, metadata={"form": form, "check": check})
+
+
+# The trainyard sections (everything but ``train``): typed, frozen, and the one source of their
+# defaults (tests/tasks/test_params.py checks that params.yaml states the same values).
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """``data``: the dataset to train on."""
+
+    source: str = _key("data/demo", "s3://bucket/prefix, a path to a dataset folder holding one dataset yaml, or the "
+                       "yaml file itself", _non_empty)
+    rev: str | None = _key(None, "a git revision for a DVC-tracked data.source, or null for the working copy")
+    endpoint_url: str | None = _key(None, "an S3-compatible endpoint like http://minio:9000, or null for AWS")
+    region: str | None = _key(None, "an AWS region like eu-west-1, or null for the AWS default chain")
+    profile: str | None = _key(None, "an AWS profile name, or null for the default credential chain")
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """``stage``: the local, content-addressed copy training reads."""
+
+    root: str | None = _key(None, "a directory on local SSD or tmpfs, or null for ~/.cache/trainyard/stage")
+    max_gb: int | float | None = _key(None, "a size in GB for LRU eviction, like 200, or null for no limit", _positive)
+    verify: bool = _key(False, "true to re-hash a staged copy before every use, false to trust its manifest")
+    workers: int = _key(32, "parallel downloads, like 32", _positive)
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """``validate``: how strict the dataset check is."""
+
+    strict: bool = _key(False, "true to refuse images without a label file, false to train them as backgrounds "
+                        "(as Ultralytics does)")
+
+
+@dataclass(frozen=True)
+class RunnerParams:
+    """``runner``: where the training process runs, and how a crashed one is resumed."""
+
+    kind: str = _key("local", "local or docker", _one_of("local", "docker"))
+    retries: int = _key(2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)",
+                        _not_negative)
+    retry_delay: int | float = _key(30, "seconds to wait before resuming a crashed training, like 30", _not_negative)
+
+
+@dataclass(frozen=True)
+class ContainerParams:
+    """``container``: the training image and what the container gets."""
+
+    image: str | None = _key(None, "an image as name:tag, name@sha256:<digest> or name:tag@sha256:<digest>")
+    gpus: str | int = _key("none", "all, none, or GPU indices like \"0,1\"")
+    shm_size: str = _key("8g", "a size like 8g (Docker's 64m default kills dataloader workers)")
+    ipc: str | None = _key(None, "host, or null for Docker's default")
+    require_digest: bool = _key(False, "true to refuse a bare tag in container.image")
+    pull: bool = _key(True, "true to pull container.image when it is not on this machine")
+
+
+@dataclass(frozen=True)
+class ReproduceParams:
+    """``reproduce``: the tolerances of `trainyard reproduce`'s verdict."""
+
+    rtol: int | float = _key(0.0, "a relative tolerance like 1e-3 for `trainyard reproduce` (0 = bit-identical)")
+    atol: int | float = _key(0.0, "an absolute tolerance like 1e-4 for `trainyard reproduce`")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """``tracking``: the MLflow server or store."""
+
+    uri: str | None = _key(None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store")
+    experiment: str = _key("trainyard", "an MLflow experiment name", _non_empty)
+    run_name: str | None = _key(None, "a run name, or null for model-data-params")
+
+
+SECTION_TYPES: dict[str, type] = {
+    "data": DataParams, "stage": StageParams, "validate": ValidateParams, "runner": RunnerParams,
+    "container": ContainerParams, "reproduce": ReproduceParams, "tracking": TrackingParams,
 }
+
+
+def _schema(cls: type) -> dict[str, _Key]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _Key(typing.get_args(hints[f.name]) or (hints[f.name],), f.default, f.metadata["form"],
+                         f.metadata["check"]) for f in fields(cls)}
+
+
+# What _check_section checks each section's keys against, read off the dataclasses above.
+SCHEMA: dict[str, dict[str, _Key]] = {name: _schema(cls) for name, cls in SECTION_TYPES.items()}
 SECTIONS: tuple[str, ...] = ("data", "stage", "validate", "train", "runner", "container", "reproduce", "tracking")
 
 
@@ -140,14 +190,14 @@ SECTIONS: tuple[str, ...] = ("data", "stage", "validate", "train", "runner", "co
 class Params:
     """Checked parameters. ``train`` holds Ultralytics arguments exactly as given."""
 
-    data: dict[str, Any]
-    stage: dict[str, Any]
-    validate: dict[str, Any]
+    data: DataParams
+    stage: StageParams
+    validate: ValidateParams
     train: dict[str, Any]
-    runner: dict[str, Any]
-    container: dict[str, Any]
-    reproduce: dict[str, Any]
-    tracking: dict[str, Any]
+    runner: RunnerParams
+    container: ContainerParams
+    reproduce: ReproduceParams
+    tracking: TrackingParams
     path: Path  # the params.yaml these came from; relative paths resolve against its folder
     overrides: tuple[str, ...] = field(default=())
 
@@ -157,7 +207,7 @@ class Params:
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved parameters (file + overrides), as they would read in params.yaml."""
-        return {name: copy.deepcopy(getattr(self, name)) for name in SECTIONS}
+        return {name: copy.deepcopy(self.train) if name == "train" else asdict(getattr(self, name)) for name in SECTIONS}
 
     def flat(self) -> dict[str, str]:
         """``section.key`` -> string, for MLflow params (which are flat strings)."""
@@ -169,7 +219,7 @@ class Params:
 
     @property
     def data_source(self) -> Path:
-        return self.resolve_path(self.data["source"])
+        return self.resolve_path(self.data.source)
 
     @property
     def seed(self) -> int:
@@ -322,7 +372,8 @@ def _check(tree: dict[str, Any], path: Path, where: str, overrides: tuple[str, .
         problem = _devices_beyond_container(checked["train"].get("device"), checked["container"]["gpus"])
         if problem:
             raise ParamsError(f"{where}: {problem}")
-    return Params(path=path, overrides=overrides, **checked)
+    sections_typed = {name: cls(**checked[name]) for name, cls in SECTION_TYPES.items()}
+    return Params(path=path, overrides=overrides, train=checked["train"], **sections_typed)
 
 
 def _devices_beyond_container(device: Any, gpus: str | int) -> str | None:

@@ -12,12 +12,18 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.errors import TrackingError
+
 
 TAG_PREFIX = "trainyard."
 # Tags that must be present for a run to be reproducible; checked when reading a key back.
 REQUIRED_TAGS = ("data_hash", "params_hash", "code_commit", "env_digest", "seed")
+
+if TYPE_CHECKING:
+    from tasks.params import Params
+    from tasks.validate import ValidationReport
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,9 @@ class ReproKey:
                 f"MLflow run {run_id} has no reproduction key (missing tags: "
                 f"{', '.join(TAG_PREFIX + k for k in missing)}); only runs made by trainyard can be reproduced"
             )
-        get = lambda k, d="": tags.get(f"{TAG_PREFIX}{k}", d)  # noqa: E731
+        def get(key: str, default: str = "") -> str:
+            return tags.get(f"{TAG_PREFIX}{key}", default)
+
         return cls(
             data_hash=get("data_hash"),
             params_hash=get("params_hash"),
@@ -104,3 +112,18 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def run_tags(params: Params, key: ReproKey, data_source: str, report: ValidationReport) -> dict[str, str]:
+    """The tags a new MLflow run gets: the reproduction key plus what a person filters runs by."""
+    tags = {
+        **key.tags(),
+        "trainyard.data_source": data_source,
+        "trainyard.overrides": " ".join(params.overrides),
+        "trainyard.runner": params.runner.kind,
+        "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
+        "trainyard.data_warnings": str(len(report.warnings)),
+    }
+    if key.env_kind == "docker":
+        tags |= {"trainyard.image": str(params.container.image), "trainyard.image_digest": key.env_digest}
+    return tags

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tasks.errors import RunnerError
 from tasks.repro_key import ReproKey
-from tasks.track import RunRecord, Tracker
+from tasks.adapters.mlflow_tracking import RunRecord, Tracker
 
 # Per-epoch metric prefixes (Ultralytics' results.csv columns as logged by trainyard).
 EPOCH_PREFIXES = ("train/", "val/", "metrics/", "lr/")
@@ -93,3 +94,22 @@ def compare(original: dict[str, list[tuple[int, float]]], reproduction: dict[str
             worst = max(worst, kind, key=_RANK.__getitem__)
     changed = key_a.differences(key_b) if key_a and key_b else []
     return Verdict(worst, epochs, first, changed, rows)
+
+
+def image_for_reproduction(image: str, digest: str, allow_drift: bool, pull: bool) -> tuple[str, dict[str, str]]:
+    """The image to run: the recorded digest, unless the recorded tag has moved (refused, or --allow-drift)."""
+    from tasks.adapters.docker_engine import docker_client, resolve_image
+
+    client = docker_client()
+    try:
+        now = resolve_image(client, image, pull=pull).digest
+    except RunnerError:
+        now = None
+    if now == digest:
+        return digest, {}
+    if not allow_drift:
+        raise RunnerError(
+            f"image {image!r} was {digest} when the run was made and is now {now or 'gone'}; reproduce needs "
+            "that digest (rebuild or pull it), or pass --allow-drift to run the current one and record the drift"
+        )
+    return image, {"trainyard.drift.image": f"{digest} -> {now}"}

@@ -1,7 +1,7 @@
 """The runner seam: where and how the training process runs.
 
-A runner takes a :class:`~tasks.train.TrainJob` plus the environment variables that
-connect it to the flow's MLflow run, runs ``python -m tasks.train job.json`` somewhere,
+A runner takes a :class:`~tasks.job.TrainJob` plus the environment variables that
+connect it to the flow's MLflow run, runs ``python -m tasks.adapters.ultralytics_trainer job.json`` somewhere,
 streams its output, and raises :class:`TrainingError` if it fails. The local runner uses
 a child process of the current interpreter; the Docker runner (its own module) runs the
 same command in a container started by image digest, behind the same interface.
@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Mapping, Protocol
 
-from tasks.environment import Environment, local_environment
+from tasks.adapters.torch_environment import Environment, local_environment
 from tasks.errors import RunnerError, TrainingError
-from tasks.train import JOB_FILE, TrainJob
-
-LogSink = Callable[[str], None]
+from tasks.job import JOB_FILE, TrainJob
+from tasks.params import ContainerParams
+from tasks.training_output import LogSink, last_frame, last_lines, training_env
 
 # Exit codes that mean "killed by the kernel", most often the OOM killer on a CPU box.
 _KILLED = {-signal.SIGKILL, 128 + signal.SIGKILL}
@@ -63,7 +63,7 @@ class LocalRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         job_path = job.write(run_dir / JOB_FILE)
         child_env = {**os.environ, **training_env(), **env}
-        cmd = [self.python, "-m", "tasks.train", str(job_path)]
+        cmd = [self.python, "-m", "tasks.adapters.ultralytics_trainer", str(job_path)]
         tail: collections.deque[str] = collections.deque(maxlen=30)
         try:
             proc = subprocess.Popen(
@@ -91,15 +91,6 @@ class LocalRunner:
             raise TrainingError(_failure_message(code, list(tail), run_dir), killed=code < 0 or code in _KILLED)
 
 
-def training_env() -> dict[str, str]:
-    """Variables every training process gets, unless the user set them already."""
-    defaults = {
-        "YOLO_OFFLINE": "1",  # no DNS probes or downloads: training machines may have no internet
-        "PYTHONUNBUFFERED": "1",  # stream epochs as they happen, not at exit
-    }
-    return {k: v for k, v in defaults.items() if k not in os.environ}
-
-
 def _failure_message(code: int, tail: list[str], run_dir: Path) -> str:
     if code in _KILLED:
         why = "was killed (SIGKILL) - most often the out-of-memory killer; lower train.batch or train.imgsz"
@@ -108,12 +99,6 @@ def _failure_message(code: int, tail: list[str], run_dir: Path) -> str:
     else:
         why = f"exited with code {code}"
     return f"training process {why}; output in {run_dir}{last_lines(tail)}"
-
-
-def last_lines(tail: list[str]) -> str:
-    """The end of a training's output, for an error message (empty when there was none)."""
-    shown = "\n".join(f"  | {line}" for line in tail[-15:])
-    return f"; last lines:\n{shown}" if shown else ""
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -127,12 +112,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def last_frame(raw: str) -> str:
-    """A progress bar redraws with \\r: keep only what a terminal would finally show."""
-    text = raw.rstrip("\n").split("\r")[-1]
-    return text.replace("\x1b[K", "").rstrip()
-
-
 def _is_terminal() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
@@ -143,17 +122,16 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def make_runner(kind: str, container: Mapping[str, object] | None = None) -> Runner:
+def make_runner(kind: str, container: ContainerParams | None = None) -> Runner:
     """The runner for ``runner.kind``; ``container`` is params.yaml's container section."""
     if kind == "local":
         return LocalRunner()
     if kind == "docker":
-        from tasks.containers import DockerRunner  # the docker SDK only when it is used
+        from tasks.adapters.docker_engine import DockerRunner  # the docker SDK only when it is used
 
-        c = container or {}
-        if not c.get("image"):
+        c = container or ContainerParams()
+        if not c.image:
             raise RunnerError("runner.kind is docker but container.image is not set (valid form: name:tag or name@sha256:...)")
-        return DockerRunner(str(c["image"]), gpus=str(c["gpus"]), shm_size=str(c["shm_size"]),
-                            ipc=str(c["ipc"]) if c["ipc"] else None, require_digest=bool(c["require_digest"]),
-                            pull=bool(c["pull"]))
+        return DockerRunner(c.image, gpus=str(c.gpus), shm_size=c.shm_size, ipc=c.ipc or None,
+                            require_digest=c.require_digest, pull=c.pull)
     raise RunnerError(f"runner.kind {kind!r} is not available; valid: local, docker")

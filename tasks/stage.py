@@ -27,7 +27,7 @@ from tasks.dataset_yaml import YAML_SUFFIXES, find_dataset_yaml, read_dataset_ya
 from tasks.errors import DatasetError, DataSourceError, TrainyardError
 from tasks.stage_plan import LocalPlan, plan_local
 from tasks.stage_cache import Manifest, StageCache, check_relpath, size_is
-from tasks.version import DVC_SKIPPED_DIRS, dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
+from tasks.adapters.git_dvc import DVC_SKIPPED_DIRS, dvc_file_md5, dvc_get, dvc_md5_at_rev, file_md5, manifest_md5
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -323,7 +323,7 @@ def _stage_dvc_rev(spec: SourceSpec, cache: StageCache, verify: bool) -> StagedD
 
 
 def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, progress: Progress | None) -> StagedDataset:
-    from tasks.s3 import S3Client, parse_s3_url
+    from tasks.adapters.s3 import S3Client, parse_s3_url
 
     loc = parse_s3_url(spec.location)
     client = S3Client(endpoint_url=spec.endpoint_url, region=spec.region, profile=spec.profile, max_workers=workers)
@@ -439,20 +439,20 @@ def stage_from_params(params: "Params", *, verify: bool | None = None, progress:
     spec = spec_from_params(params)
     cache = cache_from_params(params)
     bar = terminal_progress(label=f"staging {spec.display}") if progress else None
-    return stage_dataset(spec, cache, verify=params.stage["verify"] if verify is None else verify,
-                         workers=params.stage["workers"], progress=bar)
+    return stage_dataset(spec, cache, verify=params.stage.verify if verify is None else verify,
+                         workers=params.stage.workers, progress=bar)
 
 
 def spec_from_params(params: "Params") -> SourceSpec:
     return source_spec(
-        params.data["source"], base_dir=params.base_dir, rev=params.data["rev"],
-        endpoint_url=params.data["endpoint_url"], region=params.data["region"], profile=params.data["profile"],
+        params.data.source, base_dir=params.base_dir, rev=params.data.rev,
+        endpoint_url=params.data.endpoint_url, region=params.data.region, profile=params.data.profile,
     )
 
 
 def cache_from_params(params: "Params") -> StageCache:
-    root = params.resolve_path(params.stage["root"]) if params.stage["root"] else None
-    max_gb = params.stage["max_gb"]
+    root = params.resolve_path(params.stage.root) if params.stage.root else None
+    max_gb = params.stage.max_gb
     return StageCache(root, int(max_gb * 1e9) if max_gb else None)
 
 
@@ -477,7 +477,7 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
     candidates.append(spec)
     for candidate in candidates:
         try:
-            staged = stage_dataset(candidate, cache, workers=params.stage["workers"])
+            staged = stage_dataset(candidate, cache, workers=params.stage.workers)
         except TrainyardError as exc:
             looked.append(f"{candidate.display} ({exc})")
             continue

@@ -107,7 +107,8 @@ class StageCache:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return data.get(fingerprint)
+        key = data.get(fingerprint) if isinstance(data, dict) else None
+        return key if isinstance(key, str) else None
 
     def index_put(self, source_id: str, fingerprint: str, key: str) -> None:
         path = self._index_path(source_id)
@@ -249,7 +250,7 @@ def verify_files(root: Path, manifest: Manifest, size_only: set[str] | frozenset
     """Relpaths whose size or md5 does not match. Files in ``size_only`` were hashed as they
     were written, so only their size is checked; others are hashed when their size matches.
     """
-    from tasks.version import file_md5
+    from tasks.adapters.git_dvc import file_md5
 
     bad = []
     for rel, size, md5 in manifest:
@@ -257,7 +258,7 @@ def verify_files(root: Path, manifest: Manifest, size_only: set[str] | frozenset
         try:
             if not size_is(p, size) or (rel not in size_only and file_md5(p) != md5):
                 bad.append(rel)
-        except Exception:  # noqa: BLE001 - an unreadable file is simply bad
+        except OSError:  # an unreadable file is simply bad
             bad.append(rel)
     return bad
 

@@ -184,7 +184,7 @@ def validate_staged(params: Params, staged: StagedDataset, *, max_listed: int = 
 
     cache_dir = cache_from_params(params).root / ".validated"
     return validate_cached(staged.yaml_path, version=staged.md5, cache_dir=cache_dir, label=staged.source,
-                           strict=params.validate["strict"], max_listed=max_listed)
+                           strict=params.validate.strict, max_listed=max_listed)
 
 
 def format_problems(problems: list[str], max_listed: int = 20) -> str:
@@ -354,7 +354,7 @@ class _Checker:
         labels = boxes = backgrounds = missing = polygons = 0
         duplicates: list[str] = []
         tolerated: list[str] = []
-        for image, (image_problem, label) in zip(unique, results):
+        for image, (image_problem, label) in zip(unique, results, strict=True):
             if image_problem is not None:
                 self.problems.append(f"{self.rel(image)}: {image_problem}")
             lb = label_path(image)
@@ -584,7 +584,7 @@ def _check_label(path: str, rel: str, nc: int) -> _LabelResult:
         result.problems.append(f"{rel}:{n_box}: a box row in a file with polygon rows (line {n_seg}); Ultralytics "
                                f"drops the whole image (valid: boxes only, or polygons only)")
         return result
-    seen: dict[tuple[float, ...], int] = {}
+    seen: dict[object, int] = {}
     for number, fields in rows:
         where = f"{rel}:{number}"
         box = _parse_row(fields, where, segments, nc, result)
@@ -629,10 +629,10 @@ def _parse_row(fields: list[str], where: str, segments: bool, nc: int, result: _
         result.problems.append(f"{where}: class id {int(cls)} >= nc {nc} (valid: 0..{nc - 1})")
         ok = False
     coords = values[1:]
-    bad = [f"{_FIELD_NAMES[i] if not segments else 'coordinate'}={f}" for i, f in enumerate(fields[1:])
-           if not math.isfinite(float(f))]
-    if bad:
-        result.problems.append(f"{where}: {', '.join(bad)} not a finite number; Ultralytics drops the whole image "
+    nonfinite = [f"{_FIELD_NAMES[i] if not segments else 'coordinate'}={f}" for i, f in enumerate(fields[1:])
+                 if not math.isfinite(float(f))]
+    if nonfinite:
+        result.problems.append(f"{where}: {', '.join(nonfinite)} not a finite number; Ultralytics drops the whole image "
                                f"(valid: coordinates normalised to 0..1)")
         return None
     # Ultralytics checks the box, also when it came from a polygon.
@@ -663,6 +663,6 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _float32(values: Sequence[str | float]) -> array:
+def _float32(values: Sequence[str | float]) -> array[float]:
     """Values as Ultralytics holds them (a float32 array): rounding decides its tolerance and integer checks."""
     return array("f", [float(v) for v in values])

@@ -26,5 +26,5 @@ def test_training_image_recipe_is_by_base_arg_non_root_and_labelled() -> None:
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-runtime$", text, re.M)
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users[-1] not in ("root", "0"), "the final stage must run as a non-root user"
-    assert 'ENTRYPOINT ["python", "-m", "tasks.train"]' in text
+    assert 'ENTRYPOINT ["python", "-m", "tasks.adapters.ultralytics_trainer"]' in text
     assert "org.trainyard.cuda" in text and "org.opencontainers.image.version" in text

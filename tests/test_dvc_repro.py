@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from tasks.demo_data import DemoSpec, generate_demo_dataset
-from tasks.track import Tracker
-from tasks.version import dvc_dir_md5, dvc_file_md5
+from tasks.adapters.mlflow_tracking import Tracker
+from tasks.adapters.git_dvc import dvc_dir_md5, dvc_file_md5
 from tests.conftest import REPO, VENV_BIN, TINY
 
 # What a clone of the project holds that the pipeline needs (the code and the pipeline).

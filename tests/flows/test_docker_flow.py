@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import copy_dataset, write_params
 
 pytestmark = pytest.mark.slow
@@ -64,9 +64,9 @@ def test_train_flow_in_a_container_started_by_digest(tmp_path: Path, mlflow_serv
 
 def test_ctrl_c_removes_the_container(tmp_path: Path, tiny_dataset: Path) -> None:
     """A KeyboardInterrupt while training (Ctrl-C, a cancelled flow) leaves no container behind."""
-    from tasks.containers import DockerRunner
+    from tasks.adapters.docker_engine import DockerRunner
     from tasks.stage import stage_local
-    from tasks.train import TrainJob
+    from tasks.job import TrainJob
 
     _image_id()
     staged = stage_local(tiny_dataset, tmp_path / "stage")
@@ -85,9 +85,9 @@ def test_ctrl_c_removes_the_container(tmp_path: Path, tiny_dataset: Path) -> Non
 
 
 def test_missing_mount_and_dead_daemon_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.containers import DockerRunner, docker_client
+    from tasks.adapters.docker_engine import DockerRunner, docker_client
     from tasks.errors import RunnerError
-    from tasks.train import TrainJob
+    from tasks.job import TrainJob
 
     _image_id()
     run_dir = tmp_path / "run"
@@ -109,7 +109,7 @@ def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
     import time
 
     from flows.train import train_flow
-    from tasks.train import resume_point
+    from tasks.job import resume_point
 
     _image_id()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import write_params
 from tests.tasks.test_dataset_layouts import LAYOUTS
 

@@ -9,7 +9,7 @@ import pytest
 
 from flows.cli import main as cli
 from tasks.errors import DataSourceError, TrackingError
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import copy_dataset, write_params
 
 pytestmark = pytest.mark.slow

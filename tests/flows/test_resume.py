@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import flow_params
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ class Killer(threading.Thread):
                     cmd = proc.cmdline()
                 except psutil.Error:
                     continue
-                if "tasks.train" not in cmd:
+                if "tasks.adapters.ultralytics_trainer" not in cmd:
                     continue
                 job = Path(cmd[-1])
                 # mid-epoch: the epoch after `after` has started (its checkpoint is not written yet)

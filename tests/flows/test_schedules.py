@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import REPO, VENV_BIN, _stop_group, copy_dataset, prefect_env, write_params
 
 pytestmark = pytest.mark.slow

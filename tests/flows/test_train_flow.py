@@ -10,8 +10,8 @@ import pytest
 
 from tasks.errors import DatasetError, PreflightError
 from tasks.params import load_params, params_hash
-from tasks.track import Tracker
-from tasks.version import code_version, dvc_dir_md5
+from tasks.adapters.mlflow_tracking import Tracker
+from tasks.adapters.git_dvc import code_version, dvc_dir_md5
 from tests.conftest import copy_dataset, free_port, write_params
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.track import Tracker
+from tasks.adapters.mlflow_tracking import Tracker
 from tests.conftest import flow_params
 
 pytestmark = pytest.mark.slow

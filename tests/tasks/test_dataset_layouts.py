@@ -174,7 +174,7 @@ def pixel_kinds(root: Path) -> Path:
 
 
 def odd_names(root: Path) -> Path:
-    for i, name in enumerate(["a photo 1", "Ünïcødé_猫", "dots.in.name", "ends-with-space "]):
+    for name in ["a photo 1", "Ünïcødé_猫", "dots.in.name", "ends-with-space "]:
         image(root / "images/train" / f"{name}.jpg")
         text(root / "labels/train" / f"{name}.txt", BOX)
     standard(root, splits=("val",))

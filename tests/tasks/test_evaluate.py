@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tasks.evaluate import _FINAL_KEYS, FITNESS_WEIGHTS, fitness, summarize
-from tasks.train import TrainJob
+from tasks.job import TrainJob
 from tests.conftest import copy_dataset
-from tests.tasks.test_train import ARGS, child_env, train
+from tests.tasks.adapters.test_ultralytics_trainer import ARGS, child_env, train
 
 # The header of a real YOLO11 detect run's results.csv (Ultralytics 8.4).
 HEADER = ("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),"
@@ -29,8 +29,8 @@ def log(trainer):
         f.write(json.dumps(torch.load(trainer.best, weights_only=False)["epoch"]) + "\\n")
 
 default_callbacks["on_model_save"].append(log)
-sys.argv = ["tasks.train", sys.argv[1]]
-runpy.run_module("tasks.train", run_name="__main__")
+sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
+runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 """
 
 
@@ -71,14 +71,14 @@ def test_fitness_weights_and_columns_are_those_of_the_installed_ultralytics() ->
     keys = DetMetrics().keys  # results.csv columns, in mean_results() order
     assert set(_FINAL_KEYS) == set(keys)
     unit = [tuple(float(i == j) for j in range(len(keys))) for i in range(len(keys))]
-    assert FITNESS_WEIGHTS == {key: ultralytics_fitness(u) for key, u in zip(keys, unit)}
+    assert FITNESS_WEIGHTS == {key: ultralytics_fitness(u) for key, u in zip(keys, unit, strict=True)}
 
 
 @pytest.mark.parametrize("values", ROWS, ids=str)
 def test_fitness_equals_ultralytics_fitness(values: tuple[float, float, float, float]) -> None:
     from ultralytics.utils.metrics import DetMetrics
 
-    row = dict(zip(DetMetrics().keys, values))
+    row = dict(zip(DetMetrics().keys, values, strict=True))
     assert fitness(row) == pytest.approx(ultralytics_fitness(values), abs=1e-12)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -82,11 +83,11 @@ def test_typical_file_loads_with_every_value(tmp_path: Path) -> None:
         "seed": 0,
         "deterministic": True,
     }
-    assert params.data["source"] == "data/demo"
-    assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert params.runner == {"kind": "local", "retries": 2, "retry_delay": 30}
-    assert params.tracking["uri"] is None
-    assert params.tracking["experiment"] == "trainyard"
+    assert params.data.source == "data/demo"
+    assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
+    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
+    assert params.tracking.uri is None
+    assert params.tracking.experiment == "trainyard"
     assert params.path == path.resolve()
     assert params.overrides == ()
     assert params.seed == 0
@@ -102,17 +103,17 @@ def test_train_keys_are_passed_verbatim_without_ultralytics_defaults(tmp_path: P
 def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, {"train": {"model": "yolo11n.yaml"}}))
     for section, keys in SCHEMA.items():
-        assert getattr(params, section) == {key: spec.default for key, spec in keys.items()}, section
-    assert params.data["source"] == "data/demo"
-    assert params.stage == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert params.runner == {"kind": "local", "retries": 2, "retry_delay": 30}
-    assert params.tracking == {"uri": None, "experiment": "trainyard", "run_name": None}
+        assert asdict(getattr(params, section)) == {key: spec.default for key, spec in keys.items()}, section
+    assert params.data.source == "data/demo"
+    assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
+    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
+    assert asdict(params.tracking) == {"uri": None, "experiment": "trainyard", "run_name": None}
 
 
 def test_null_sections_count_as_empty(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, "data:\nstage:\ntrain:\n  model: yolo11n.yaml\nrunner:\ntracking:\n"))
-    assert params.data["source"] == "data/demo"
-    assert params.tracking["experiment"] == "trainyard"
+    assert params.data.source == "data/demo"
+    assert params.tracking.experiment == "trainyard"
 
 
 def test_relative_data_source_resolves_against_params_folder_not_cwd(
@@ -416,24 +417,24 @@ def test_overrides_apply_with_their_types(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, with_train(device="0")), overrides)
     assert params.train["epochs"] == 3 and type(params.train["epochs"]) is int
     assert params.train["device"] == "cpu"
-    assert params.tracking["uri"] == "http://x:5000"
+    assert params.tracking.uri == "http://x:5000"
     assert params.overrides == overrides
     # the rest of the file is untouched
     assert params.train["imgsz"] == 96
-    assert params.tracking["experiment"] == "trainyard"
+    assert params.tracking.experiment == "trainyard"
 
 
 def test_override_adds_a_key_absent_from_the_file(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, TYPICAL), ("train.lr0=0.02", "stage.root=/fast/ssd"))
     assert params.train["lr0"] == 0.02
-    assert params.stage["root"] == "/fast/ssd"
+    assert params.stage.root == "/fast/ssd"
 
 
 def test_override_fills_a_null_or_missing_section(tmp_path: Path) -> None:
     path = write(tmp_path, "train:\n  model: yolo11n.yaml\nstage:\n")
     params = load_params(path, ("stage.root=/x", "tracking.experiment=exp2"))
-    assert params.stage["root"] == "/x"
-    assert params.tracking["experiment"] == "exp2"
+    assert params.stage.root == "/x"
+    assert params.tracking.experiment == "exp2"
 
 
 def test_later_override_wins(tmp_path: Path) -> None:
@@ -649,7 +650,7 @@ def test_staging_keys_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="did you mean 'data.endpoint_url'"):
         load_params(write(tmp_path, {**base, "data": {"endpoint": "http://minio:9000"}}))
     ok = load_params(write(tmp_path, {**base, "data": {"source": "s3://b/p", "endpoint_url": "http://minio:9000"}}))
-    assert ok.data["endpoint_url"] == "http://minio:9000" and ok.stage["workers"] == 32
+    assert ok.data.endpoint_url == "http://minio:9000" and ok.stage.workers == 32
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -661,3 +662,12 @@ def test_retry_settings_are_checked(tmp_path: Path, override: str, expected: str
     path = write(tmp_path, {"train": {"model": "yolo11n.yaml"}})
     with pytest.raises(ParamsError, match=expected):
         load_params(path, [override])
+
+
+def test_params_yaml_states_the_defaults_the_code_holds() -> None:
+    """The sections' dataclasses are the one source of defaults; the shipped params.yaml must agree."""
+    from tasks.params import SECTION_TYPES
+
+    shipped = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    for name, cls in SECTION_TYPES.items():
+        assert getattr(shipped, name) == cls(), f"params.yaml's {name} section differs from {cls.__name__}'s defaults"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.environment import describe_interpreter, digest_of
+from tasks.adapters.torch_environment import describe_interpreter, digest_of
 from tasks.errors import TrackingError
 from tasks.repro_key import REQUIRED_TAGS, ReproKey, run_name
 
@@ -82,7 +82,26 @@ def test_environment_digest_is_stable_and_sees_package_changes() -> None:
 
 
 def test_environment_describes_the_training_interpreter(tmp_path: Path) -> None:
-    from tasks.environment import local_environment
+    from tasks.adapters.torch_environment import local_environment
 
     env = local_environment()
     assert env.kind == "local" and env.digest == digest_of(env.details)
+
+
+def test_run_tags_hold_the_key_and_the_image_only_for_a_container(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tasks.params import load_params
+    from tasks.repro_key import run_tags
+    from tasks.validate import SplitStats, ValidationReport
+
+    (tmp_path / "params.yaml").write_text("train:\n  model: yolo11n.yaml\ncontainer:\n  image: trainyard-train:ci\n")
+    params = load_params(tmp_path / "params.yaml", ["train.epochs=3"])
+    report = ValidationReport(tmp_path, 1, ["a"], {"train": SplitStats(7, 7, 9, 0)}, [], ["one warning"])
+    key = ReproKey("abc.dir", "p" * 64, "c" * 40, False, "", "local", "sha256:env", 0, "0.1.0")
+    tags = run_tags(params, key, "s3://b/x", report)
+    assert tags["trainyard.data_hash"] == "abc.dir" and tags["trainyard.overrides"] == "train.epochs=3"
+    assert tags["trainyard.images_train"] == "7" and tags["trainyard.data_warnings"] == "1"
+    assert "trainyard.image" not in tags
+    docker = run_tags(params, replace(key, env_kind="docker", env_digest="sha256:img"), "s3://b/x", report)
+    assert docker["trainyard.image"] == "trainyard-train:ci" and docker["trainyard.image_digest"] == "sha256:img"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import TrainingError
-from tasks.runners import LocalRunner, last_frame, make_runner
-from tasks.train import JOB_FILE, TrainJob
+from tasks.runners import LocalRunner, make_runner
+from tasks.training_output import last_frame
+from tasks.job import JOB_FILE, TrainJob
 
 
 def test_a_crashing_training_reports_exit_code_and_its_last_lines(tmp_path: Path) -> None:

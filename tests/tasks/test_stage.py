@@ -16,7 +16,7 @@ from tasks import stage_cache as cache_mod
 from tasks.errors import DataSourceError
 from tasks.stage import SourceSpec, source_spec, stage_dataset, stage_local
 from tasks.stage_cache import MANIFEST, StageCache, check_relpath
-from tasks.version import dvc_dir_md5
+from tasks.adapters.git_dvc import dvc_dir_md5
 from tests.conftest import VENV_BIN, copy_dataset
 
 

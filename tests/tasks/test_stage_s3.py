@@ -13,7 +13,7 @@ from flows.cli import main as cli
 from tasks.errors import DataSourceError, TransientSourceError
 from tasks.stage import source_spec, stage_dataset
 from tasks.stage_cache import StageCache
-from tasks.version import dvc_dir_md5, dvc_file_md5
+from tasks.adapters.git_dvc import dvc_dir_md5, dvc_file_md5
 from tests.conftest import VENV_BIN
 from tests.s3server import FaultProxy, make_bucket, unique_bucket
 
@@ -41,7 +41,7 @@ def test_cold_then_warm_from_s3(s3_env: str, tmp_path: Path, tiny_dataset: Path,
     assert not cold.reused and cold.md5 == dvc_dir_md5(tiny_dataset)  # same version as on disk / in DVC
     assert (cold.path / "data.yaml").read_bytes() == (tiny_dataset / "data.yaml").read_bytes()
 
-    from tasks import s3 as s3_mod
+    from tasks.adapters import s3 as s3_mod
 
     def no_downloads(*a: object, **k: object) -> None:
         raise AssertionError("an unchanged prefix must not be downloaded again")
@@ -72,7 +72,7 @@ def test_five_percent_errors_and_timeouts_are_retried(s3_env: str, fault_proxy: 
     url = _upload(s3_env, tiny_dataset)
     fault_proxy.configure(error_rate=0.05, timeout_rate=0.05, delay=3.0, seed=7)
     spec = source_spec(url, base_dir=tmp_path, endpoint_url=fault_proxy.endpoint)
-    from tasks import s3 as s3_mod
+    from tasks.adapters import s3 as s3_mod
 
     original = s3_mod.S3Client.__init__
 
@@ -147,7 +147,7 @@ def test_train_flow_from_s3_records_the_data_version_and_no_secrets(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.train import train_flow
-    from tasks.track import Tracker
+    from tasks.adapters.mlflow_tracking import Tracker
     from tests.conftest import write_params
 
     secret = "s3cr3t-Zq9-never-log-me"

@@ -1,4 +1,4 @@
-"""tasks.version against the real git and dvc command lines, in temporary repositories."""
+"""tasks.adapters.git_dvc against the real git and dvc command lines, in temporary repositories."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import VersioningError
-from tasks.version import (
+from tasks.adapters.git_dvc import (
     CodeVersion,
     code_version,
     data_version,
@@ -297,3 +297,20 @@ def test_dvc_run_success_returns_output(tmp_path: Path) -> None:
     proc = dvc_run(["version"], repo)
     assert proc.returncode == 0
     assert "DVC version" in proc.stdout
+
+
+@needs_git
+def test_worktree_checks_out_the_recorded_commit_and_leaves_nothing(code_repo: Path) -> None:
+    from tasks.adapters.git_dvc import worktree
+
+    first = _git(code_repo, "rev-parse", "HEAD")
+    (code_repo / "train.py").write_text("print('changed')\n", encoding="utf-8")
+    _git(code_repo, "commit", "-q", "-am", "change")
+    with worktree(code_repo, first) as code:
+        assert (code / "train.py").read_text(encoding="utf-8") == "print('train')\n"
+        held = code
+    assert not held.exists()
+    assert "trainyard-worktree" not in _git(code_repo, "worktree", "list")
+    with pytest.raises(VersioningError, match="cannot check out commit deadbeef"):
+        with worktree(code_repo, "deadbeef"):
+            pass

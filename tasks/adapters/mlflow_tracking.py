@@ -9,6 +9,7 @@ integrations open a second run behind the caller's back.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from tasks.errors import TrackingError
 
@@ -142,10 +143,10 @@ class Tracker:
             for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
                 self.client.log_batch(run_id, params=items[i : i + 100])
             self.client.log_batch(run_id, tags=[RunTag("mlflow.runName", run_name)])
-            return run_id
+            return str(run_id)
         except TrackingError:
             raise
-        except Exception as exc:  # mlflow raises many types; the user needs one message
+        except _store_errors() as exc:  # the user needs one message; a bug of ours keeps its traceback
             raise TrackingError(f"could not create an MLflow run at {self.uri}: {_short(exc)}") from exc
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
@@ -170,12 +171,29 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(lambda: self.client.set_terminated(run_id, status))
 
+    @contextlib.contextmanager
+    def ends_run_on_error(self, run_id: str, warn: Callable[[str], None]) -> Iterator[None]:
+        """Within it, an exception ends ``run_id`` as KILLED (Ctrl-C) or FAILED with ``trainyard.error``, then
+        propagates; a run never stays RUNNING because its training failed. ``warn`` hears when the
+        tracking store itself cannot be reached to say so.
+        """
+        try:
+            yield
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            try:
+                self.set_tags(run_id, {"trainyard.error": str(exc)[:5000]})
+                self.end_run(run_id, status)
+            except TrackingError:
+                warn(f"could not mark MLflow run {run_id} as {status}")
+            raise
+
     # ------------------------------------------------------------------ reading back
 
     def get_run(self, run_id: str) -> RunRecord:
         try:
             run = self.client.get_run(run_id)
-        except Exception as exc:
+        except _store_errors() as exc:
             raise TrackingError(f"no MLflow run {run_id!r} at {self.uri}: {_short(exc)}") from exc
         return RunRecord(
             run_id=run.info.run_id,
@@ -231,8 +249,17 @@ class Tracker:
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
-        except Exception as exc:
+        except _store_errors() as exc:
             raise TrackingError(f"MLflow at {self.uri} failed: {_short(exc)}") from exc
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow's client raises when the tracking server or store fails (never for a bug of ours)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (MlflowException, RequestException, SQLAlchemyError, OSError)
 
 
 def backfill_epochs(tracker: Tracker, run_id: str, results_csv: Path) -> int:

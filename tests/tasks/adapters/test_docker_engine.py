@@ -14,11 +14,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from tasks.containers import DockerRunner, gpu_requests, resolve_image
+from tasks.adapters.docker_engine import DockerRunner, gpu_requests, resolve_image
 from tasks.doctor import format_table, run_checks
 from tasks.errors import RunnerError
 from tasks.params import load_params
-from tasks.train import TrainJob
+from tasks.job import TrainJob
 from tests.conftest import write_params
 
 
@@ -110,7 +110,7 @@ class FakeNoGpuNvml:
 
 
 def test_doctor_catches_a_driver_too_old_for_the_image(engine: Any, tmp_path: Path, tiny_dataset: Path) -> None:
-    from tests.tasks.test_telemetry import FakeNvml
+    from tests.tasks.adapters.test_nvml import FakeNvml
 
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w"):

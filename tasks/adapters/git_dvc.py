@@ -33,15 +33,17 @@ after the first training run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -129,9 +131,9 @@ def dir_manifest(path: Path | str) -> list[tuple[str, int, str]]:
                 ) from exc
             entries.append(("/".join([*rel_parts, name]), size, file_md5(full)))
     if walk_errors:
-        exc = walk_errors[0]
+        first = walk_errors[0]
         raise VersioningError(
-            f"cannot list {exc.filename} while hashing {root}: {exc.strerror or exc}; "
+            f"cannot list {first.filename} while hashing {root}: {first.strerror or first}; "
             "check its permissions"
         )
     entries.sort(key=lambda entry: entry[0])
@@ -438,3 +440,20 @@ def dvc_get(path: Path | str, rev: str, dest: Path | str) -> None:
     top = Path(repo_top.stdout.decode().strip())
     rel = path.relative_to(top).as_posix()
     dvc_run(["get", str(top), rel, "--rev", rev, "-o", str(dest), "--force"], repo=top)
+
+
+@contextlib.contextmanager
+def worktree(repo: Path, commit: str) -> Iterator[Path]:
+    """A temporary git worktree of ``repo`` at ``commit``, removed afterwards (VersioningError if it cannot be made)."""
+    tmp = Path(tempfile.mkdtemp(prefix="trainyard-worktree-"))
+    path = tmp / "code"
+    add = subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=repo,
+                         capture_output=True, text=True)
+    if add.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VersioningError(f"cannot check out commit {commit} in {repo}: {add.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)

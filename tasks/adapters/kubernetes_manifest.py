@@ -63,7 +63,8 @@ def _normalised(manifest: Mapping[str, Any], ignore: set[str]) -> dict[str, Any]
             return str(node)
         return node
 
-    return walk(doc, "")
+    normalised: dict[str, Any] = walk(doc, "")
+    return normalised
 
 
 def _describe(err: Mapping[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Docker seam: the one module that imports the docker SDK.
 
-The Docker runner runs the same entry point as the local runner (``python -m tasks.train
+The Docker runner runs the same entry point as the local runner (``python -m tasks.adapters.ultralytics_trainer
 job.json``) inside the training image, started **by digest**: a tag can move between two
 runs, a digest cannot, so the digest recorded on the MLflow run names the exact bits.
 
@@ -16,14 +16,13 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from tasks.environment import Environment
+from tasks.adapters.torch_environment import Environment
 from tasks.errors import RunnerError, TrainingError
-from tasks.runners import last_frame, last_lines
-from tasks.train import JOB_FILE, TrainJob, data_root
+from tasks.job import JOB_FILE, TrainJob, data_root
+from tasks.training_output import LogSink, last_frame, last_lines
 
-LogSink = Callable[[str], None]
 CUDA_LABEL = "org.trainyard.cuda"
 _DIGEST_RE = re.compile(r"^(?P<name>[^@]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")
 _NO_GPU_RUNTIME = (
@@ -49,13 +48,14 @@ class ResolvedImage:
 
 def docker_client() -> Any:
     """A client for the local engine, with an actionable error when it is down."""
-    try:
-        import docker
+    import docker.errors
+    from requests.exceptions import RequestException
 
-        client = docker.from_env(timeout=120)
+    try:
+        client = docker.from_env(timeout=120)  # type: ignore[attr-defined]  # exported, not re-exported
         client.ping()
         return client
-    except Exception as exc:  # docker raises several types for "no daemon"
+    except (docker.errors.DockerException, RequestException) as exc:  # "no daemon" comes as either
         raise RunnerError(
             f"the Docker daemon is not reachable ({_short(exc)}); start it (systemctl start docker) "
             "or set runner.kind: local"
@@ -69,6 +69,7 @@ def resolve_image(client: Any, image: str, require_digest: bool = False, pull: b
     pins both a tag and a digest must still agree: a moved tag is refused, not followed.
     """
     import docker.errors
+    from requests.exceptions import RequestException
 
     pinned = _DIGEST_RE.match(image)
     if require_digest and not pinned:
@@ -91,7 +92,7 @@ def resolve_image(client: Any, image: str, require_digest: bool = False, pull: b
             ) from None
         try:  # a registry may have it; a digest pull is exact
             img = client.images.pull(lookup)
-        except Exception as exc:
+        except (docker.errors.DockerException, RequestException) as exc:
             raise RunnerError(
                 f"container.image {image!r} is not on this machine and could not be pulled ({_short(exc)}); "
                 "build it (`make image`) or fix container.image"

@@ -2,7 +2,7 @@
 
 It runs inside the training process (a child of the flow, or a container), never in the
 flow itself: a crash, OOM or CUDA error then kills the child, not the orchestration, and
-the Docker runner can run the very same entry point (``python -m tasks.train JOB.json``).
+the Docker runner can run the very same entry point (``python -m tasks.adapters.ultralytics_trainer JOB.json``).
 
 Tracking: Ultralytics switches on its own MLflow callback whenever mlflow is installed
 and the user's Ultralytics settings allow it; that callback opens its own run in its own
@@ -28,17 +28,16 @@ from results.csv before resuming, because that epoch is trained again.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import pickle
-import shutil
 import sys
 import warnings
-import zipfile
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from tasks.job import (JOB_ENV, JOB_FILE, LAST, OUTCOME_FILE, PARTIAL_SUFFIX, TrainJob, TrainOutcome, data_root,
+                       resumable_checkpoint, trim_results)
 
 if TYPE_CHECKING:  # ultralytics costs seconds to import; only the training process needs it
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -58,184 +57,12 @@ _FOREIGN_CALLBACK_MODULES = (
     "ultralytics.utils.events",
 )
 
-OUTCOME_FILE = "outcome.json"
-JOB_FILE = "job.json"
-JOB_ENV = "TRAINYARD_JOB"  # path of the job.json a trainer (DDP workers included) trains
-LAST = Path("weights") / "last.pt"
-_PARTIAL = ".partial"  # suffix of a checkpoint being written; renamed into place when complete
-
 # Train arguments Ultralytics takes from the caller on resume (BaseTrainer.check_resume);
 # every other one comes from the checkpoint, so the schedule is the interrupted one.
 _RESUME_OVERRIDES = frozenset({
     "imgsz", "batch", "device", "close_mosaic", "augmentations", "save_period", "workers", "cache",
     "patience", "time", "freeze", "val", "plots", "channels_last", "distill_model",
 })
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Everything the training process needs; written as JSON so a container can read it."""
-
-    run_dir: str  # output directory: weights/, results.csv, plots, outcome.json
-    data_yaml: str  # the staged dataset's data.yaml
-    args: dict[str, Any] = field(default_factory=dict)  # Ultralytics train arguments, verbatim
-    stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
-    resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
-    logged_through: int = 0  # epochs 1..N are already in the MLflow run: never log them again
-
-    def write(self, path: Path) -> Path:
-        # Fields at their default are left out: a job that needs nothing new stays readable by
-        # an older training image (`trainyard reproduce` runs a run's recorded image digest).
-        fresh = {f.name: f.default for f in fields(self) if f.default is not MISSING}
-        data = {k: v for k, v in asdict(self).items() if k not in fresh or v != fresh[k]}
-        path.write_text(json.dumps(data, indent=2, sort_keys=True))
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> "TrainJob":
-        return cls(**json.loads(path.read_text()))
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    """What the training process reports back through outcome.json."""
-
-    epochs: int
-    best: str | None
-    last: str | None
-    final_metrics: dict[str, float]  # the final validation of best.pt, Ultralytics' keys
-    runtime: dict[str, Any] = field(default_factory=dict)  # where it ran: uid, container, data mount
-
-    @classmethod
-    def read(cls, run_dir: Path) -> "TrainOutcome | None":
-        path = run_dir / OUTCOME_FILE
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
-
-
-def prepare_run_dir(path: Path) -> Path:
-    """Create ``path`` empty. An earlier trainyard run there is cleared (Ultralytics appends to
-    an existing results.csv, which would mix two runs); any other non-empty folder is refused.
-    """
-    if path.exists() and any(path.iterdir()):
-        if not (path / JOB_FILE).exists() and not (path / "results.csv").exists():
-            from tasks.errors import RunnerError
-
-            raise RunnerError(f"run directory {path} is not empty and holds no earlier trainyard run; choose another")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def resume_point(run_dir: Path) -> int | None:
-    """How many epochs ``run_dir/weights/last.pt`` holds (1-based), if a training can resume from it.
-
-    None when there is nothing to resume: no last.pt, an unreadable or truncated one, or the
-    checkpoint of a finished training (Ultralytics strips its optimizer and sets epoch -1).
-    A count equal to the planned epochs means every epoch was trained and only the final
-    validation is missing; ``train_yolo`` with ``resume=True`` then does just that.
-    """
-    ckpt = _resumable_checkpoint(run_dir / LAST)
-    return None if ckpt is None else int(ckpt["epoch"]) + 1
-
-
-def _resumable_checkpoint(path: Path) -> dict[str, Any] | None:
-    ckpt = _read_checkpoint(path)
-    if ckpt is None or ckpt.get("optimizer") is None:
-        return None
-    epoch = ckpt.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        return None
-    return ckpt
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The plain data of a ``torch.save`` checkpoint (epoch, train_args, ...), or None if unreadable.
-
-    Read without torch or ultralytics: this runs in the flow process, where importing
-    ultralytics would patch Pillow's Image.open process-wide (its HEIF hook), and a whole
-    checkpoint would be loaded for two numbers. Tensors and models come back as placeholders.
-    A file cut short has lost the zip directory at its end, so it reads as None.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
-            ckpt = _PlainUnpickler(io.BytesIO(archive.read(name))).load()
-    except Exception:  # missing, truncated, not a checkpoint: nothing to resume from
-        return None
-    return ckpt if isinstance(ckpt, dict) else None
-
-
-class _Opaque:
-    """Whatever a checkpoint pickles beyond plain data (tensors, modules, numpy scalars)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Opaque":
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, value: Any) -> None:
-        pass
-
-    def extend(self, values: Any) -> None:
-        pass
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    # No global of the file is ever looked up or called: reading a checkpoint runs no code from it.
-    _PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(module, name) if (module, name) in self._PLAIN else _Opaque
-
-    def persistent_load(self, pid: Any) -> Any:  # torch's tensor storages, kept in other zip entries
-        return _Opaque()
-
-
-def clear_training_outputs(run_dir: Path) -> None:
-    """Remove what an attempt that left no checkpoint wrote, so a fresh start does not append to it.
-
-    Ultralytics appends to an existing results.csv; the job, data.yaml and params.yaml stay.
-    """
-    (run_dir / "results.csv").unlink(missing_ok=True)
-    (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "weights", ignore_errors=True)
-
-
-def trim_results(results_csv: Path, epochs: int) -> int:
-    """Keep only epochs 1..``epochs`` of results.csv (and no half-written line); return rows dropped.
-
-    Ultralytics appends to results.csv on resume, so a row written after the checkpoint
-    (the kill came between the two) would otherwise appear twice.
-    """
-    if not results_csv.exists():
-        return 0
-    lines = results_csv.read_text(encoding="utf-8").splitlines(keepends=True)
-    if not lines:
-        return 0
-    keep = [lines[0]] if lines[0].endswith("\n") else []
-    for line in lines[1:]:
-        head = line.split(",", 1)[0].strip()
-        try:
-            complete = line.endswith("\n") and float(head) <= epochs
-        except ValueError:
-            complete = False
-        if complete:
-            keep.append(line)
-    dropped = len(lines) - len(keep)
-    if not keep:  # Ultralytics writes the header only when it creates the file
-        results_csv.unlink()
-    elif dropped:
-        _write_atomic(results_csv, "".join(keep).encode("utf-8"))
-    return dropped
 
 
 def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
@@ -253,12 +80,12 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     # Not rewritten when given: in a container the runner's job.json belongs to the host user.
     job_path = job_path or job.write(run_dir / JOB_FILE)
     (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
-    for stale in (run_dir / "weights").glob(f"*{_PARTIAL}"):
+    for stale in (run_dir / "weights").glob(f"*{PARTIAL_SUFFIX}"):
         stale.unlink()
     args = dict(job.args)
     model_ref = args.pop("model")
     if job.resume:
-        ckpt = _resumable_checkpoint(run_dir / LAST)
+        ckpt = resumable_checkpoint(run_dir / LAST)
         if ckpt is None:
             raise TrainingError(f"cannot resume the training in {run_dir}: {LAST} is missing, unreadable, or "
                                 "from a training that finished; start a new run")
@@ -297,7 +124,7 @@ def trainer_class() -> type["DetectionTrainer"]:
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: `tasks.train.TrainyardTrainer` resolves like a module-level class, which is how a
+    # PEP 562: `tasks.adapters.ultralytics_trainer.TrainyardTrainer` resolves like a module-level class, which is how a
     # DDP worker finds it when it unpickles the trainer class by reference.
     if name == "TrainyardTrainer":
         return trainer_class()
@@ -308,7 +135,7 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import DEFAULT_CFG
 
-    class TrainyardTrainer(DetectionTrainer):  # type: ignore[misc, valid-type]
+    class TrainyardTrainer(DetectionTrainer):
         """Ultralytics' detection trainer with one MLflow run, atomic checkpoints and ``stop_after``."""
 
         def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
@@ -331,13 +158,14 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
 
         def train(self) -> None:
             if not self.ddp or self.resume:
-                return super().train()
+                super().train()
+                return
             # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
             # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
             # cannot remove). prepare_run_dir gave us a clean one.
             self.resume = True
             try:
-                return super().train()
+                super().train()
             finally:
                 self.resume = False
 
@@ -346,7 +174,7 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             # old checkpoint nor the new one. Write beside it and rename (atomic); best.pt first,
             # so last.pt never names an epoch whose best.pt update was lost.
             last, best = self.last, self.best
-            self.last, self.best = last.with_name(last.name + _PARTIAL), best.with_name(best.name + _PARTIAL)
+            self.last, self.best = last.with_name(last.name + PARTIAL_SUFFIX), best.with_name(best.name + PARTIAL_SUFFIX)
             try:
                 saved = bool(super().save_model())
                 for part, final in ((self.best, best), (self.last, last)):
@@ -378,17 +206,17 @@ def _job_from_env() -> TrainJob:
         from tasks.errors import RunnerError
 
         raise RunnerError(f"${JOB_ENV} is not set: the trainyard trainer needs the job.json it trains "
-                          "(run `python -m tasks.train JOB.json`)")
+                          "(run `python -m tasks.adapters.ultralytics_trainer JOB.json`)")
     return TrainJob.read(Path(path))
 
 
 def _mlflow_sink() -> EpochSink | None:
-    from tasks.track import RUN_ID_ENV, TRACKING_URI_ENV
+    from tasks.adapters.mlflow_tracking import RUN_ID_ENV, TRACKING_URI_ENV
 
     run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
     if not (run_id and uri):
         return None
-    from tasks.track import Tracker
+    from tasks.adapters.mlflow_tracking import Tracker
 
     tracker = Tracker(uri)
     return lambda epoch, metrics: tracker.log_metrics(run_id, metrics, step=epoch)
@@ -468,7 +296,7 @@ def _finish_trained(job: TrainJob, ckpt: dict[str, Any], epochs: int) -> TrainOu
     (run_dir / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
     for path in (best, weights / "last.pt"):
         if path.exists():
-            part = path.with_name(path.name + _PARTIAL)
+            part = path.with_name(path.name + PARTIAL_SUFFIX)
             strip_optimizer(path, str(part))
             os.replace(part, path)
     return outcome
@@ -481,13 +309,6 @@ def _first_device(device: Any) -> Any:
     if isinstance(device, str) and "," in device:
         return device.split(",")[0].strip()
     return device
-
-
-def data_root(data_yaml: Path) -> Path:
-    """The dataset folder a training data.yaml points at (its ``path:``, else its own folder)."""
-    import yaml
-
-    return Path((yaml.safe_load(data_yaml.read_text()) or {}).get("path") or data_yaml.parent)
 
 
 def runtime_facts(job: TrainJob) -> dict[str, Any]:
@@ -513,12 +334,6 @@ def _strip_foreign_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> 
         callbacks[event] = [f for f in funcs if getattr(f, "__module__", "") not in _FOREIGN_CALLBACK_MODULES]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    part = path.with_name(path.name + _PARTIAL)
-    part.write_bytes(data)
-    os.replace(part, path)
-
-
 @contextlib.contextmanager
 def _environ(name: str, value: str) -> Iterator[None]:
     before = os.environ.get(name)
@@ -533,10 +348,10 @@ def _environ(name: str, value: str) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the training process: ``python -m tasks.train RUN_DIR/job.json``."""
+    """Entry point of the training process: ``python -m tasks.adapters.ultralytics_trainer RUN_DIR/job.json``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python -m tasks.train JOB.json", file=sys.stderr)
+        print("usage: python -m tasks.adapters.ultralytics_trainer JOB.json", file=sys.stderr)
         return 2
     job_path = Path(argv[0]).resolve()
     train_yolo(TrainJob.read(job_path), job_path)
@@ -544,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as the importable `tasks.train`, not as `__main__`: DDP workers unpickle the trainer
+    # Run as the importable `tasks.adapters.ultralytics_trainer`, not as `__main__`: DDP workers unpickle the trainer
     # class and its callbacks by their module's name.
-    from tasks.train import main as _main
+    from tasks.adapters.ultralytics_trainer import main as _main
 
     sys.exit(_main())

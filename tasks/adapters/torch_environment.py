@@ -2,7 +2,7 @@
 
 Without Docker there is no image digest to pin, so the reproduction key records a digest
 of what the training interpreter actually has. It is computed by running this module
-with that interpreter (``python -m tasks.environment``), so the flow never imports torch.
+with that interpreter (``python -m tasks.adapters.torch_environment``), so the flow never imports torch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def local_environment(python: str = sys.executable, timeout: float = 120) -> Env
     """Describe the interpreter ``python`` by running this module in it."""
     try:
         proc = subprocess.run(
-            [python, "-m", "tasks.environment"],
+            [python, "-m", "tasks.adapters.torch_environment"],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,4 +1,4 @@
-"""tasks.train: a killed training resumes from last.pt into the same MLflow run; the DDP argument path on CPU."""
+"""tasks.adapters.ultralytics_trainer: a killed training resumes from last.pt into the same MLflow run; the DDP argument path on CPU."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from tasks.demo_data import generate_demo_dataset
 from tasks.errors import ParamsError, TrainingError
 from tasks.evaluate import write_metrics
 from tasks.params import load_params
-from tasks.track import Tracker, backfill_epochs, read_results_csv
-from tasks.train import JOB_FILE, LAST, TrainJob, TrainOutcome, resume_point, train_yolo, trim_results
+from tasks.adapters.mlflow_tracking import Tracker, backfill_epochs, read_results_csv
+from tasks.adapters.ultralytics_trainer import train_yolo
+from tasks.job import JOB_FILE, LAST, TrainJob, TrainOutcome, resume_point, trim_results
 from tests.conftest import REPO, TINY
 
 ARGS = {"model": "yolo11n.yaml", "epochs": 4, "imgsz": 32, "batch": 8, "workers": 0, "device": "cpu",
@@ -37,14 +38,14 @@ def kill(trainer):
         os.kill(os.getpid(), signal.SIGKILL)
 
 default_callbacks["on_model_save"].append(kill)
-sys.argv = ["tasks.train", sys.argv[1]]
-runpy.run_module("tasks.train", run_name="__main__")
+sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
+runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 """
 
 
 def train(job: TrainJob, env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
     path = job.write(Path(job.run_dir) / JOB_FILE)
-    entry = ["-c", code] if code else ["-m", "tasks.train"]
+    entry = ["-c", code] if code else ["-m", "tasks.adapters.ultralytics_trainer"]
     return subprocess.run([sys.executable, *entry, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -149,7 +150,7 @@ def test_resume_point_is_none_for_a_missing_or_cut_short_checkpoint(tmp_path: Pa
     assert resume_point(tmp_path) == 2
     # The flow process asks too: without loading torch, or ultralytics (which patches Pillow,
     # changing how that process's dataset validation reports a corrupt image).
-    probe = ("import sys; from pathlib import Path; from tasks.train import resume_point; "
+    probe = ("import sys; from pathlib import Path; from tasks.job import resume_point; "
              f"print(resume_point(Path({str(tmp_path)!r})), 'torch' in sys.modules, 'ultralytics' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["2", "False", "False"]
@@ -172,7 +173,7 @@ def test_results_csv_is_cut_back_to_the_checkpoint(tmp_path: Path) -> None:
 
 
 def test_epochs_mlflow_already_has_are_not_logged_again(yolo_config_dir: Path) -> None:
-    from tasks.train import _log_epoch
+    from tasks.adapters.ultralytics_trainer import _log_epoch
 
     logged: list[tuple[int, float]] = []
     job = TrainJob(run_dir="run", data_yaml="data.yaml", logged_through=2, stop_after=3)
@@ -200,7 +201,7 @@ def test_a_job_json_from_before_resume_still_loads(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- multi-GPU (DDP) on CPU
 
-# Parent: `python -m tasks.train job.json` as on a 2-GPU machine. Ultralytics never touches a
+# Parent: `python -m tasks.adapters.ultralytics_trainer job.json` as on a 2-GPU machine. Ultralytics never touches a
 # GPU before launching its workers, so a CUDA device object stands in for select_device; the
 # `torch.distributed.run` command is swapped for one that starts ranks 0 and 1 (launch.py).
 DDP_PARENT = """
@@ -219,8 +220,8 @@ def generate(trainer):
     return [sys.executable, os.environ["DDP_LAUNCH"], file], file
 
 engine.generate_ddp_command = generate
-sys.argv = ["tasks.train", sys.argv[1]]
-runpy.run_module("tasks.train", run_name="__main__")
+sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
+runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 """
 
 DDP_LAUNCH = """
@@ -294,9 +295,9 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
     for rank in (0, 1):
         assert (report / f"rank{rank}.json").exists(), output
         worker = json.loads((report / f"rank{rank}.json").read_text())
-        assert worker["class"] == "tasks.train.TrainyardTrainer"
+        assert worker["class"] == "tasks.adapters.ultralytics_trainer.TrainyardTrainer"
         assert (worker["device"], worker["world_size"], worker["job"]) == ("0,1", 2, str(run_dir))
-        assert worker["epoch_hooks"].count("tasks.train._log_epoch") == 1
+        assert worker["epoch_hooks"].count("tasks.adapters.ultralytics_trainer._log_epoch") == 1
         assert not [c for c in worker["callbacks"] if c.startswith(("ultralytics.utils.callbacks.mlflow",
                                                                     "ultralytics.utils.callbacks.platform"))]
     # rank 0 logged its epoch once; rank 1 did not; Ultralytics' MLflow integration opened no run

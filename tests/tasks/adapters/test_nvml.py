@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pynvml
 import pytest
 
-from tasks.telemetry import cuda_at_least, read_nvml
+from tasks.adapters.nvml import cuda_at_least, read_nvml
 
 
 class FakeNvml:
     """Two GPUs and a driver that supports CUDA up to 12.4, as NVML would report them."""
+
+    NVMLError = pynvml.NVMLError  # what the real module raises
 
     def __init__(self, cuda: int = 12040, gpus: int = 2) -> None:
         self.cuda, self.count, self.shut = cuda, gpus, False
@@ -44,8 +47,10 @@ def test_gpus_driver_and_cuda_are_read_and_nvml_is_shut_down() -> None:
 
 def test_no_driver_is_a_plain_report_not_a_crash() -> None:
     class NoDriver:
+        NVMLError = pynvml.NVMLError
+
         def nvmlInit(self) -> None:  # noqa: N802
-            raise RuntimeError("NVML Shared Library Not Found")
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)  # as pynvml does without a driver
 
     report = read_nvml(NoDriver())
     assert not report.available and "no NVIDIA driver" in report.reason and "CPU" in report.reason

@@ -7,6 +7,7 @@ no-GPU path is tested with a fake NVML (we have no GPU in CI; the fake says so).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,16 +30,18 @@ class NvmlReport:
     gpus: list[GpuInfo] = field(default_factory=list)
 
 
-def read_nvml(nvml: Any | None = None) -> NvmlReport:
+def read_nvml(nvml: Any = None) -> NvmlReport:
     """Query the NVIDIA driver; never raises: no driver or no GPU is a report, not an error."""
     if nvml is None:
         try:
-            import pynvml as nvml  # type: ignore[no-redef]
+            import pynvml
         except ImportError:
             return NvmlReport(False, "nvidia-ml-py is not installed")
+        nvml = pynvml
+    errors = nvml.NVMLError  # the base of NVMLError_LibraryNotFound, DriverNotLoaded, ...
     try:
         nvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+    except errors as exc:
         return NvmlReport(False, f"no NVIDIA driver found ({_text(exc)}); this machine trains on CPU only")
     try:
         driver = _text(nvml.nvmlSystemGetDriverVersion())
@@ -49,18 +52,16 @@ def read_nvml(nvml: Any | None = None) -> NvmlReport:
             mem = nvml.nvmlDeviceGetMemoryInfo(handle)
             try:
                 util: int | None = int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            except Exception:
+            except errors:  # some GPUs (MIG instances) do not report utilisation
                 util = None
             gpus.append(GpuInfo(i, _text(nvml.nvmlDeviceGetName(handle)), mem.total >> 20, mem.free >> 20, util))
         return NvmlReport(True, None if gpus else "the NVIDIA driver sees no GPU", driver,
                           f"{cuda // 1000}.{(cuda % 1000) // 10}", gpus)
-    except Exception as exc:
+    except errors as exc:
         return NvmlReport(False, f"NVML query failed: {_text(exc)}")
     finally:
-        try:
+        with contextlib.suppress(errors):
             nvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def cuda_at_least(have: str, need: str) -> bool:

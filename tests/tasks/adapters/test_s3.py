@@ -1,4 +1,4 @@
-"""tasks.s3 against a real moto S3 server over HTTP (boto3 is never mocked).
+"""tasks.adapters.s3 against a real moto S3 server over HTTP (boto3 is never mocked).
 
 Faults (500s, timeouts, stalls, corrupted/truncated bodies) come from tests.s3server's
 FaultProxy between the client and moto; "server gone" comes from killing a moto process.
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import DataSourceError
-from tasks.s3 import ChecksumError, RemoteObject, S3Client, S3Location, etag_md5, parse_s3_url
-from tasks.version import dir_manifest
+from tasks.adapters.s3 import ChecksumError, RemoteObject, S3Client, S3Location, etag_md5, parse_s3_url
+from tasks.adapters.git_dvc import dir_manifest
 from tests.conftest import REPO
 from tests.s3server import FaultProxy, MotoServer, make_bucket, put_multipart, put_object, unique_bucket
 
@@ -37,7 +37,7 @@ def leftovers(root: Path) -> list[Path]:
 
 
 def test_import_does_not_import_boto3() -> None:
-    code = "import sys, tasks.s3; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 's3transfer')]; print(bad)"
+    code = "import sys, tasks.adapters.s3; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 's3transfer')]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -250,7 +250,7 @@ def test_download_many_survives_injected_errors_and_timeouts(s3_env: str, fault_
     assert fault_proxy.counts["error"] >= 5 and fault_proxy.counts["timeout"] >= 1 and fault_proxy.counts["stall"] >= 1
     assert [n for n, _ in progress] == list(range(1, 301))
     assert progress[-1][1] == sum(len(d) for d in files.values())
-    assert all(b2 > b1 for (_, b1), (_, b2) in zip(progress, progress[1:]))
+    assert all(b2 > b1 for (_, b1), (_, b2) in zip(progress, progress[1:], strict=False))
     assert leftovers(tmp_path) == []
 
 

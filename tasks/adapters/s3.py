@@ -610,7 +610,7 @@ class S3Client:
                 try:
                     chunk = raw.read(_CHUNK)
                 except _Urllib3ReadTimeout as e:
-                    raise exc.ReadTimeoutError(endpoint_url=_strip_query(str(e.url or "")), error=e) from None
+                    raise exc.ReadTimeoutError(endpoint_url=_strip_query(str(getattr(e, "url", "") or "")), error=e) from None
                 except _Urllib3Error as e:
                     raise exc.ResponseStreamingError(error=e) from None
                 if not chunk:

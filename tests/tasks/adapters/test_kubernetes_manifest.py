@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tasks.errors import DeploymentError
-from tasks.k8s_manifest import validate_job_manifest
+from tasks.adapters.kubernetes_manifest import validate_job_manifest
 
 
 def _job(**pod: Any) -> dict[str, Any]:

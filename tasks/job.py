@@ -1,0 +1,242 @@
+"""The training job and what it leaves in its run directory: plain data, no third-party imports.
+
+A job is written as ``job.json`` into the run directory and read by the training process
+(``python -m tasks.adapters.ultralytics_trainer JOB.json``), in a child process or a container.
+The run directory then holds ``results.csv``, ``weights/last.pt`` and ``best.pt`` and
+``outcome.json``; the helpers here read those (a checkpoint without torch), decide whether a
+killed training can resume, and trim what a resumed one would write twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+OUTCOME_FILE = "outcome.json"
+JOB_FILE = "job.json"
+JOB_ENV = "TRAINYARD_JOB"  # path of the job.json a trainer (DDP workers included) trains
+LAST = Path("weights") / "last.pt"
+PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed into place when complete
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything the training process needs; written as JSON so a container can read it."""
+
+    run_dir: str  # output directory: weights/, results.csv, plots, outcome.json
+    data_yaml: str  # the staged dataset's data.yaml
+    args: dict[str, Any] = field(default_factory=dict)  # Ultralytics train arguments, verbatim
+    stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
+    resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
+    logged_through: int = 0  # epochs 1..N are already in the MLflow run: never log them again
+
+    def write(self, path: Path) -> Path:
+        # Fields at their default are left out: a job that needs nothing new stays readable by
+        # an older training image (`trainyard reproduce` runs a run's recorded image digest).
+        fresh = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        data = {k: v for k, v in asdict(self).items() if k not in fresh or v != fresh[k]}
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainJob":
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What the training process reports back through outcome.json."""
+
+    epochs: int
+    best: str | None
+    last: str | None
+    final_metrics: dict[str, float]  # the final validation of best.pt, Ultralytics' keys
+    runtime: dict[str, Any] = field(default_factory=dict)  # where it ran: uid, container, data mount
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "TrainOutcome | None":
+        path = run_dir / OUTCOME_FILE
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create ``path`` empty. An earlier trainyard run there is cleared (Ultralytics appends to
+    an existing results.csv, which would mix two runs); any other non-empty folder is refused.
+    """
+    if path.exists() and any(path.iterdir()):
+        if not (path / JOB_FILE).exists() and not (path / "results.csv").exists():
+            from tasks.errors import RunnerError
+
+            raise RunnerError(f"run directory {path} is not empty and holds no earlier trainyard run; choose another")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resume_point(run_dir: Path) -> int | None:
+    """How many epochs ``run_dir/weights/last.pt`` holds (1-based), if a training can resume from it.
+
+    None when there is nothing to resume: no last.pt, an unreadable or truncated one, or the
+    checkpoint of a finished training (Ultralytics strips its optimizer and sets epoch -1).
+    A count equal to the planned epochs means every epoch was trained and only the final
+    validation is missing; ``train_yolo`` with ``resume=True`` then does just that.
+    """
+    ckpt = resumable_checkpoint(run_dir / LAST)
+    return None if ckpt is None else int(ckpt["epoch"]) + 1
+
+
+def resumable_checkpoint(path: Path) -> dict[str, Any] | None:
+    ckpt = read_checkpoint(path)
+    if ckpt is None or ckpt.get("optimizer") is None:
+        return None
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None
+    return ckpt
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The plain data of a ``torch.save`` checkpoint (epoch, train_args, ...), or None if unreadable.
+
+    Read without torch or ultralytics: this runs in the flow process, where importing
+    ultralytics would patch Pillow's Image.open process-wide (its HEIF hook), and a whole
+    checkpoint would be loaded for two numbers. Tensors and models come back as placeholders.
+    A file cut short has lost the zip directory at its end, so it reads as None.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            ckpt = _PlainUnpickler(io.BytesIO(archive.read(name))).load()
+    except Exception:  # missing, truncated, not a checkpoint: nothing to resume from
+        return None
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+class _Opaque:
+    """Whatever a checkpoint pickles beyond plain data (tensors, modules, numpy scalars)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Opaque":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    # No global of the file is ever looked up or called: reading a checkpoint runs no code from it.
+    _PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(module, name) if (module, name) in self._PLAIN else _Opaque
+
+    def persistent_load(self, pid: Any) -> Any:  # torch's tensor storages, kept in other zip entries
+        return _Opaque()
+
+
+def clear_training_outputs(run_dir: Path) -> None:
+    """Remove what an attempt that left no checkpoint wrote, so a fresh start does not append to it.
+
+    Ultralytics appends to an existing results.csv; the job, data.yaml and params.yaml stay.
+    """
+    (run_dir / "results.csv").unlink(missing_ok=True)
+    (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "weights", ignore_errors=True)
+
+
+def trim_results(results_csv: Path, epochs: int) -> int:
+    """Keep only epochs 1..``epochs`` of results.csv (and no half-written line); return rows dropped.
+
+    Ultralytics appends to results.csv on resume, so a row written after the checkpoint
+    (the kill came between the two) would otherwise appear twice.
+    """
+    if not results_csv.exists():
+        return 0
+    lines = results_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    if not lines:
+        return 0
+    keep = [lines[0]] if lines[0].endswith("\n") else []
+    for line in lines[1:]:
+        head = line.split(",", 1)[0].strip()
+        try:
+            complete = line.endswith("\n") and float(head) <= epochs
+        except ValueError:
+            complete = False
+        if complete:
+            keep.append(line)
+    dropped = len(lines) - len(keep)
+    if not keep:  # Ultralytics writes the header only when it creates the file
+        results_csv.unlink()
+    elif dropped:
+        write_atomic(results_csv, "".join(keep).encode("utf-8"))
+    return dropped
+
+
+def data_root(data_yaml: Path) -> Path:
+    """The dataset folder a training data.yaml points at (its ``path:``, else its own folder)."""
+    import yaml
+
+    return Path((yaml.safe_load(data_yaml.read_text()) or {}).get("path") or data_yaml.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    part = path.with_name(path.name + PARTIAL_SUFFIX)
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How a training attempt starts in a run directory an earlier attempt may have left behind."""
+
+    job: TrainJob
+    resumed_after: list[int]  # epochs after which this run resumed, this attempt included
+    note: str  # what to tell the user
+
+
+def is_retry(run_dir: Path) -> bool:
+    """Whether an earlier attempt of this training left anything in ``run_dir``."""
+    return resume_point(run_dir) is not None or (run_dir / "results.csv").exists() or (run_dir / "weights").exists()
+
+
+def plan_retry(job: TrainJob, logged_through: int, resumed_before: list[int]) -> Attempt:
+    """A retry resumes from last.pt, or starts over when there is none.
+
+    ``logged_through``: the last epoch the MLflow run already holds (never logged twice);
+    ``resumed_before``: epochs of earlier resumes (the run's ``trainyard.resumed_after`` tag).
+    A retry without a checkpoint clears what the failed attempt wrote, since Ultralytics
+    would append to its results.csv.
+    """
+    run_dir = Path(job.run_dir)
+    done = resume_point(run_dir)
+    if done is not None:
+        note = f"resuming the training from {run_dir / LAST} after epoch {done}"
+        return Attempt(replace(job, resume=True, logged_through=logged_through), [*resumed_before, done], note)
+    clear_training_outputs(run_dir)
+    return Attempt(replace(job, logged_through=logged_through), list(resumed_before),
+                   "the previous attempt left no checkpoint to resume from; training again from epoch 1")
+
+
+def worth_retrying(killed: bool, run_dir: Path) -> bool:
+    """A killed process (OOM killer, preemption, a lost container) or one that left a checkpoint is worth
+    a retry; a training that failed before its first epoch (bad arguments, missing files) would fail again."""
+    return killed or resume_point(run_dir) is not None
