@@ -19,6 +19,7 @@ test: venv  ## the whole suite (real MLflow server, Prefect API, dvc, training)
 
 lint: venv  ## ruff (pyflakes, bugbear, third-party imports only under tasks/adapters/) and mypy (strict on tasks/)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test-fast: venv  ## unit tests only (seconds)

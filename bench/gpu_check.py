@@ -37,12 +37,12 @@ from tasks.job import TrainJob, resume_point  # noqa: E402
 
 def rows(results_csv: Path) -> list[dict[str, float]]:
     with results_csv.open() as f:
-        return [{k.strip(): float(v) for k, v in r.items() if k and k.strip() != "time"}
-                for r in csv.DictReader(f)]
+        return [{k.strip(): float(v) for k, v in r.items() if k and k.strip() != "time"} for r in csv.DictReader(f)]
 
 
-def train(work: Path, name: str, args: dict[str, Any], kill_after: int | None = None,
-          resume: bool = False) -> dict[str, Any]:
+def train(
+    work: Path, name: str, args: dict[str, Any], kill_after: int | None = None, resume: bool = False
+) -> dict[str, Any]:
     run_dir = work / name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_yaml = run_dir / "data.yaml"
@@ -52,8 +52,13 @@ def train(work: Path, name: str, args: dict[str, Any], kill_after: int | None = 
     env.pop("MLFLOW_RUN_ID", None)
     log = (run_dir / ("resume.log" if resume else "train.log")).open("wb")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.adapters.ultralytics_trainer", str(job)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.adapters.ultralytics_trainer", str(job)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     killed_at = None
     if kill_after is not None:
         deadline = time.monotonic() + 300
@@ -66,8 +71,12 @@ def train(work: Path, name: str, args: dict[str, Any], kill_after: int | None = 
             time.sleep(0.05)
     code = proc.wait()
     log.close()
-    return {"run_dir": str(run_dir), "exit": code, "seconds": round(time.monotonic() - start, 2),
-            "killed_after_epoch": killed_at}
+    return {
+        "run_dir": str(run_dir),
+        "exit": code,
+        "seconds": round(time.monotonic() - start, 2),
+        "killed_after_epoch": killed_at,
+    }
 
 
 def compare(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, Any]:
@@ -105,13 +114,30 @@ def main() -> int:
     except Exception as exc:  # the report says what was there
         report["torch_error"] = repr(exc)
     nvml = read_nvml()
-    report["nvml"] = {"available": nvml.available, "driver": nvml.driver, "cuda_driver": nvml.cuda_driver,
-                      "gpus": [g.__dict__ for g in nvml.gpus], "reason": nvml.reason}
+    report["nvml"] = {
+        "available": nvml.available,
+        "driver": nvml.driver,
+        "cuda_driver": nvml.cuda_driver,
+        "gpus": [g.__dict__ for g in nvml.gpus],
+        "reason": nvml.reason,
+    }
     print("NVML:", json.dumps(report["nvml"], default=str))
     generate_demo_dataset(work / "data")
-    args = {"model": "yolo11n.yaml", "epochs": a.epochs, "imgsz": 96, "batch": a.batch, "device": a.device,
-            "workers": 2, "seed": 0, "deterministic": True, "optimizer": "AdamW", "lr0": 0.002,
-            "warmup_epochs": 1.0, "mosaic": 0.0, "plots": False}
+    args = {
+        "model": "yolo11n.yaml",
+        "epochs": a.epochs,
+        "imgsz": 96,
+        "batch": a.batch,
+        "device": a.device,
+        "workers": 2,
+        "seed": 0,
+        "deterministic": True,
+        "optimizer": "AdamW",
+        "lr0": 0.002,
+        "warmup_epochs": 1.0,
+        "mosaic": 0.0,
+        "plots": False,
+    }
     runs = {name: train(work, name, args) for name in ("a", "b")}
     report["runs"] = runs
     if all(r["exit"] == 0 for r in runs.values()):

@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # run as a script: its sibling modules
 from benchfacts import cpu_model, git_head  # noqa: E402
+
 PROJECT_BIN = REPO / ".venv" / "bin"
 BENCH_BIN = HERE / ".venv" / "bin"
 
@@ -78,8 +79,7 @@ def generate_dataset(n_files: int, seed: int, cache_root: Path) -> Path:
     names = {i: f"class{i}" for i in range(8)}
     (ds).mkdir(parents=True)
     (ds / "data.yaml").write_text(
-        "path: .\ntrain: images/train\nval: images/val\nnames:\n"
-        + "".join(f"  {k}: {v}\n" for k, v in names.items())
+        "path: .\ntrain: images/train\nval: images/val\nnames:\n" + "".join(f"  {k}: {v}\n" for k, v in names.items())
     )
     n_val = max(1, n_images // 10)
     lo, hi = 20 * 1024, 60 * 1024
@@ -276,8 +276,11 @@ def fresh_dir(p: Path) -> Path:
 
 def bench_ceiling(moto: Moto, prefix: str, expected: dict[str, int], threads: int) -> Row:
     """GET every object from a bare boto3 ThreadPool, bodies read and dropped (no disk)."""
-    row = Row("server ceiling", f"cold: boto3 ThreadPool({threads}) GET of every key, in-process, no disk writes; "
-              "warm: one ListObjectsV2 pass over the prefix")
+    row = Row(
+        "server ceiling",
+        f"cold: boto3 ThreadPool({threads}) GET of every key, in-process, no disk writes; "
+        "warm: one ListObjectsV2 pass over the prefix",
+    )
     client = s3_client(moto.url, pool=threads)
     keys = [f"{prefix}/{rel}" for rel in expected]
 
@@ -324,7 +327,7 @@ def bench_trainyard(moto, env, work, prefix, expected, timeout) -> Row:
         run, out = timed(cmd, env, REPO, moto, timeout)  # REPO: its params.yaml, as a user runs it
         if run.seconds is not None:
             try:
-                doc = json.loads(out.strip()[out.strip().index("{"):])
+                doc = json.loads(out.strip()[out.strip().index("{") :])
                 run.ok = verify_copy(Path(doc["path"]), expected)
                 if doc.get("files") != len(expected) or doc.get("bytes") != sum(expected.values()):
                     run.ok += f"; JSON says {doc.get('files')} files / {doc.get('bytes')} bytes"
@@ -334,8 +337,10 @@ def bench_trainyard(moto, env, work, prefix, expected, timeout) -> Row:
             except (ValueError, KeyError, TypeError) as exc:
                 run.ok = f"BAD JSON on stdout ({exc}): {out[:200]!r}"
         setattr(row, phase, run)
-    row.warm.note = (f"{row.warm.note}; `trainyard stage --help` alone takes {startup:.2f} s "
-                     "(interpreter start; the real command may import more)").lstrip("; ")
+    row.warm.note = (
+        f"{row.warm.note}; `trainyard stage --help` alone takes {startup:.2f} s "
+        "(interpreter start; the real command may import more)"
+    ).lstrip("; ")
     return row
 
 
@@ -503,12 +508,13 @@ def build_report(rows: list[Row], info, n_files: int, total_bytes: int, args, el
             fc = f"{f1:.2f}×" if f1 else "n/a"
             fw = f"{f2:.2f}×" if f2 else "n/a"
         checks = "; ".join(dict.fromkeys(x for x in (c.ok, w.ok) if x))
-        out.append(f"| {r.tool} | {fmt_s(c)} | {fps} | {mbs} | {fmt_s(w)} "
-                   f"| {srv} | {cli} | {fc} | {fw} | {checks} |")
+        out.append(f"| {r.tool} | {fmt_s(c)} | {fps} | {mbs} | {fmt_s(w)} | {srv} | {cli} | {fc} | {fw} | {checks} |")
     out.append("")
-    out.append("Speed-up = the other tool's seconds / trainyard's seconds (2.0× = trainyard takes half the time). "
-               "moto CPU % = CPU the moto server burned during the cold run / wall time; "
-               "~100 % means its single Python process (one core under the GIL) was the bottleneck.\n")
+    out.append(
+        "Speed-up = the other tool's seconds / trainyard's seconds (2.0× = trainyard takes half the time). "
+        "moto CPU % = CPU the moto server burned during the cold run / wall time; "
+        "~100 % means its single Python process (one core under the GIL) was the bottleneck.\n"
+    )
     out.append("## Targets\n")
     by_tool = {r.tool: r for r in rows}
     for tool, target in COLD_TARGETS.items():
@@ -523,15 +529,21 @@ def build_report(rows: list[Row], info, n_files: int, total_bytes: int, args, el
         out.append(f"- warm ≤ {WARM_TARGET_S} s for {n_files} files: n/a")
     else:
         verdict = "PASS" if ty.warm.seconds <= WARM_TARGET_S else "MISS"
-        out.append(f"- warm ≤ {WARM_TARGET_S} s for {n_files} files: **{verdict}**: {ty.warm.seconds:.2f} s "
-                   f"({ty.warm.seconds / WARM_TARGET_S:.2f}× the budget)")
+        out.append(
+            f"- warm ≤ {WARM_TARGET_S} s for {n_files} files: **{verdict}**: {ty.warm.seconds:.2f} s "
+            f"({ty.warm.seconds / WARM_TARGET_S:.2f}× the budget)"
+        )
     ceil = by_tool.get("server ceiling")
     if ceil and ceil.cold.seconds:
-        out.append(f"- server ceiling: bare boto3 GETs moved {n_files / ceil.cold.seconds:.0f} files/s; "
-                   "a tool at or near that rate is limited by moto, not by itself")
+        out.append(
+            f"- server ceiling: bare boto3 GETs moved {n_files / ceil.cold.seconds:.0f} files/s; "
+            "a tool at or near that rate is limited by moto, not by itself"
+        )
         if ceil.warm.seconds:
-            out.append(f"- warm floor: one listing of the {n_files} keys takes moto {ceil.warm.seconds:.2f} s; "
-                       "a warm check that lists the bucket cannot be faster than that plus process start-up")
+            out.append(
+                f"- warm floor: one listing of the {n_files} keys takes moto {ceil.warm.seconds:.2f} s; "
+                "a warm check that lists the bucket cannot be faster than that plus process start-up"
+            )
     out.append("")
     out.append("## Commands\n")
     for r in rows:
@@ -552,13 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=10_000, help="dataset size in files (default 10000)")
     ap.add_argument("--out", type=Path, default=HERE / "results.md", help="Markdown report (default bench/results.md)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/trainyard-bench/cache"),
-                    help="where the generated dataset is kept and reused")
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/trainyard-bench/work"),
-                    help="destinations (wiped at start and end)")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("/tmp/trainyard-bench/cache"),
+        help="where the generated dataset is kept and reused",
+    )
+    ap.add_argument(
+        "--work-dir", type=Path, default=Path("/tmp/trainyard-bench/work"), help="destinations (wiped at start and end)"
+    )
     ap.add_argument("--port", type=int, default=0, help="moto port (default: a free one)")
-    ap.add_argument("--tools", default="ceiling,trainyard,s5cmd,aws,dvc",
-                    help="comma-separated subset of ceiling,trainyard,s5cmd,aws,dvc")
+    ap.add_argument(
+        "--tools",
+        default="ceiling,trainyard,s5cmd,aws,dvc",
+        help="comma-separated subset of ceiling,trainyard,s5cmd,aws,dvc",
+    )
     ap.add_argument("--timeout", type=float, default=420, help="per command, seconds")
     ap.add_argument("--threads", type=int, default=16, help="threads of the server-ceiling client")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best is reported")

@@ -66,10 +66,7 @@ def _noise_tiles(seed: int, count: int = 8):
 
     rng = np.random.default_rng([seed, 10**9])
     side = max(max(s) for s in SIZES) + 64
-    return [
-        np.clip(rng.normal(128.0, NOISE_SIGMA, (side, side, 3)), 0, 255).astype(np.uint8)
-        for _ in range(count)
-    ]
+    return [np.clip(rng.normal(128.0, NOISE_SIGMA, (side, side, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
 
 
 def _make_one(ds: Path, i: int, seed: int, tiles) -> tuple[int, int]:
@@ -141,9 +138,7 @@ def generate_dataset(n_images: int, seed: int, workdir: Path) -> tuple[Path, dic
         for split in SPLITS:
             (ds / sub / split).mkdir(parents=True)
     names = [f"class{c}" for c in range(N_CLASSES)]
-    (ds / "data.yaml").write_text(
-        "train: images/train\nval: images/val\nnames: [" + ", ".join(names) + "]\n"
-    )
+    (ds / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [" + ", ".join(names) + "]\n")
     tiles = _noise_tiles(seed)
     total_bytes = total_boxes = 0
     with cf.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:  # cv2 releases the GIL
@@ -314,12 +309,14 @@ def run_all(ds: Path, facts: dict, args) -> tuple[list[Row], dict[str, str]]:
 
     ul = Ultralytics(ds, facts, args.ultralytics_threads)
     tool_facts["ultralytics"] = ul.version
-    tool_facts["ultralytics NUM_THREADS (label-cache ThreadPool)"] = (
-        f"{ul.threads}" + (" (set by --ultralytics-threads)" if args.ultralytics_threads else " (its default: min(8, nproc - 1))")
+    tool_facts["ultralytics NUM_THREADS (label-cache ThreadPool)"] = f"{ul.threads}" + (
+        " (set by --ultralytics-threads)" if args.ultralytics_threads else " (its default: min(8, nproc - 1))"
     )
-    ul_row = Row(f"Ultralytics {ul.version}",
-                 f"`YOLODataset(img_path=images/<split>, data, task='detect', augment=False)` for train + val, "
-                 f"no labels/*.cache present (label-cache build, ThreadPool({ul.threads}))")
+    ul_row = Row(
+        f"Ultralytics {ul.version}",
+        f"`YOLODataset(img_path=images/<split>, data, task='detect', augment=False)` for train + val, "
+        f"no labels/*.cache present (label-cache build, ThreadPool({ul.threads}))",
+    )
     ty_row = Row("trainyard", "`tasks.validate.validate_dataset(root)` in-process (no cache)")
     ty: Trainyard | None = None
     try:
@@ -394,8 +391,9 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def build_report(rows: list[Row], info, facts: dict, ds: Path, args, command: str,
-                 tree_note: str, elapsed: float) -> str:
+def build_report(
+    rows: list[Row], info, facts: dict, ds: Path, args, command: str, tree_note: str, elapsed: float
+) -> str:
     n = facts["images"]
     ul, ty = rows
     out: list[str] = ["# trainyard validation benchmark\n"]
@@ -426,10 +424,14 @@ def build_report(rows: list[Row], info, facts: dict, ds: Path, args, command: st
     out.append("")
     scan = ul.median_extra("scan_s")
     if scan is not None:
-        out.append(f"Of Ultralytics' median, {scan:.2f} s were spent inside `YOLODataset.cache_labels` "
-                   "(the scan and the .cache write); the rest is the dataset constructor around it.\n")
-    out.append("CPU s = process CPU time (all threads) plus reaped child processes, over the timed call; "
-               "CPU / wall ≈ how many cores were kept busy.\n")
+        out.append(
+            f"Of Ultralytics' median, {scan:.2f} s were spent inside `YOLODataset.cache_labels` "
+            "(the scan and the .cache write); the rest is the dataset constructor around it.\n"
+        )
+    out.append(
+        "CPU s = process CPU time (all threads) plus reaped child processes, over the timed call; "
+        "CPU / wall ≈ how many cores were kept busy.\n"
+    )
     out.append("## Ratio\n")
     us, ts = ul.median("seconds"), ty.median("seconds")
     if us and ts:
@@ -456,14 +458,32 @@ def build_report(rows: list[Row], info, facts: dict, ds: Path, args, command: st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=None, help="dataset size in images (default 10000; --smoke: 200)")
-    ap.add_argument("--repeat", type=int, default=None, help="timed runs per tool; the median is reported (default 3; --smoke: 1)")
-    ap.add_argument("--report", "--out", dest="report", type=Path, default=None,
-                    help="Markdown report (default bench/validate_results.md; --smoke: /tmp/trainyard-bench/validate_smoke.md)")
-    ap.add_argument("--workdir", "--work-dir", dest="workdir", type=Path, default=Path("/tmp/trainyard-bench/validate"),
-                    help="where the generated dataset is kept and reused (default /tmp/trainyard-bench/validate)")
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="timed runs per tool; the median is reported (default 3; --smoke: 1)"
+    )
+    ap.add_argument(
+        "--report",
+        "--out",
+        dest="report",
+        type=Path,
+        default=None,
+        help="Markdown report (default bench/validate_results.md; --smoke: /tmp/trainyard-bench/validate_smoke.md)",
+    )
+    ap.add_argument(
+        "--workdir",
+        "--work-dir",
+        dest="workdir",
+        type=Path,
+        default=Path("/tmp/trainyard-bench/validate"),
+        help="where the generated dataset is kept and reused (default /tmp/trainyard-bench/validate)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ultralytics-threads", type=int, default=None,
-                    help="override Ultralytics' NUM_THREADS for its label-cache ThreadPool (default: its own value)")
+    ap.add_argument(
+        "--ultralytics-threads",
+        type=int,
+        default=None,
+        help="override Ultralytics' NUM_THREADS for its label-cache ThreadPool (default: its own value)",
+    )
     ap.add_argument("--smoke", action="store_true", help="quick check that the script works: 200 images, 1 repeat")
     args = ap.parse_args(argv)
     if args.images is None:
@@ -486,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, tool_facts = run_all(ds, facts, args)
     after = tree(ds)
     new, gone = sorted(after - before), sorted(before - after)
-    tree_note = "unchanged (no files added or removed by either tool; Ultralytics' labels/*.cache removed by the benchmark)"
+    tree_note = (
+        "unchanged (no files added or removed by either tool; Ultralytics' labels/*.cache removed by the benchmark)"
+    )
     if new or gone:
         tree_note = f"CHANGED: {len(new)} new ({', '.join(new[:5])}), {len(gone)} gone ({', '.join(gone[:5])})"
     info = machine_info(tool_facts, load_start)

@@ -1,14 +1,14 @@
 """The `trainyard` command line.
 
-    trainyard run        train with the Prefect flow (params.yaml + --set overrides)
-    trainyard train      the same flow into a fixed run directory (the `dvc repro` stage)
-    trainyard validate   check a dataset; every problem with file and line
-    trainyard evaluate   write metrics.json from a finished run directory
-    trainyard data demo  generate the built-in demo dataset (and DVC-track it)
-    trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
-    trainyard serve      serve prefect.yaml's deployments on their schedules from this machine
-    trainyard doctor     preflight checks, each failure with its fix
-    trainyard ui         open the MLflow UI on the configured tracking store
+trainyard run        train with the Prefect flow (params.yaml + --set overrides)
+trainyard train      the same flow into a fixed run directory (the `dvc repro` stage)
+trainyard validate   check a dataset; every problem with file and line
+trainyard evaluate   write metrics.json from a finished run directory
+trainyard data demo  generate the built-in demo dataset (and DVC-track it)
+trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
+trainyard serve      serve prefect.yaml's deployments on their schedules from this machine
+trainyard doctor     preflight checks, each failure with its fix
+trainyard ui         open the MLflow UI on the configured tracking store
 """
 
 from __future__ import annotations
@@ -47,15 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     def with_params(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         sp.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
             help="override one parameter for this run, e.g. --set train.epochs=3 (repeatable)",
         )
 
     run = sub.add_parser("run", help="train with the Prefect flow and print the MLflow run")
     with_params(run)
     run.add_argument("--run-dir", default=None, help="output directory (default: runs/<mlflow run id>)")
-    run.add_argument("--force", action="store_true",
-                     help="train even if a finished run has the same data, params and image/environment")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="train even if a finished run has the same data, params and image/environment",
+    )
     run.set_defaults(func=_cmd_run, force=False)
 
     train = sub.add_parser("train", help="the train flow into a fixed run directory (used by dvc.yaml)")
@@ -76,9 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--source", default=None, help="stage this instead of data.source (s3://bucket/prefix or a path)")
     st.add_argument("--root", default=None, help="stage.root to use instead of params.yaml's")
     st.add_argument("--verify", action="store_true", help="re-hash the staged copy even if the source looks unchanged")
-    st.add_argument("--json", action="store_true", help="print one JSON object (path, md5, files, bytes, reused, seconds)")
-    st.add_argument("--record", default=None, metavar="FILE",
-                    help="write {md5, source, files, bytes} to FILE (the dvc.yaml stage output)")
+    st.add_argument(
+        "--json", action="store_true", help="print one JSON object (path, md5, files, bytes, reused, seconds)"
+    )
+    st.add_argument(
+        "--record",
+        default=None,
+        metavar="FILE",
+        help="write {md5, source, files, bytes} to FILE (the dvc.yaml stage output)",
+    )
     st.set_defaults(func=_cmd_stage)
 
     ev = sub.add_parser("evaluate", help="write metrics.json from a finished run directory")
@@ -102,19 +115,30 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id")
     with_params(rep)
     rep.add_argument("--epochs", type=int, default=None, help="replay only the first N epochs (same schedule)")
-    rep.add_argument("--allow-drift", action="store_true", help="run even if the recorded image tag has moved; record it")
+    rep.add_argument(
+        "--allow-drift", action="store_true", help="run even if the recorded image tag has moved; record it"
+    )
     rep.add_argument("--checkout", action="store_true", help="run the recorded code commit in a temporary git worktree")
     rep.set_defaults(func=_cmd_reproduce)
 
-    srv = sub.add_parser("serve", help="run prefect.yaml's deployments on their schedules from this machine (no worker)")
+    srv = sub.add_parser(
+        "serve", help="run prefect.yaml's deployments on their schedules from this machine (no worker)"
+    )
     srv.add_argument("--file", default="prefect.yaml", help="the prefect.yaml to read (default: ./prefect.yaml)")
-    srv.add_argument("--deployment", action="append", default=[], metavar="NAME",
-                     help="serve this deployment (repeatable; default: those of the 'trainyard' process pool)")
+    srv.add_argument(
+        "--deployment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve this deployment (repeatable; default: those of the 'trainyard' process pool)",
+    )
     srv.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1: one training per GPU box)")
     srv.add_argument("--check", action="store_true", help="check the deployments and schedules, print them, and exit")
     srv.set_defaults(func=_cmd_serve)
 
-    doc = sub.add_parser("doctor", help="preflight checks (Docker, GPU runtime, driver vs image CUDA, space, MLflow, data)")
+    doc = sub.add_parser(
+        "doctor", help="preflight checks (Docker, GPU runtime, driver vs image CUDA, space, MLflow, data)"
+    )
     with_params(doc)
     doc.set_defaults(func=_cmd_doctor)
 
@@ -211,8 +235,15 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         overrides.append(f"stage.root={args.root}")
     params = load_params(args.params, overrides)
     staged = stage_from_params(params, verify=True if args.verify else None, progress=not args.json)
-    summary = {"path": str(staged.path), "md5": staged.md5, "source": staged.source, "files": staged.files,
-               "bytes": staged.bytes, "reused": staged.reused, "seconds": staged.seconds}
+    summary = {
+        "path": str(staged.path),
+        "md5": staged.md5,
+        "source": staged.source,
+        "files": staged.files,
+        "bytes": staged.bytes,
+        "reused": staged.reused,
+        "seconds": staged.seconds,
+    }
     if args.record:
         record = {k: summary[k] for k in ("md5", "source", "files", "bytes")}  # stable: no paths, no timings
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +312,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from flows.reproduce import reproduce_flow
     from tasks.reproduce import DIFFERS
 
-    result = reproduce_flow(run_id=args.run_id, params_path=args.params, epochs=args.epochs,
-                            allow_drift=args.allow_drift, overrides=list(args.overrides))
+    result = reproduce_flow(
+        run_id=args.run_id,
+        params_path=args.params,
+        epochs=args.epochs,
+        allow_drift=args.allow_drift,
+        overrides=list(args.overrides),
+    )
     print()
     print(f"reproduction of {result.original_run_id}: MLflow run {result.run_id}")
     print(f"verdict      {result.verdict.summary()}")
@@ -302,7 +338,15 @@ def _reproduce_in_worktree(args: argparse.Namespace) -> int:
     if commit == "none":
         raise TrainyardError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
     with worktree(code_root(), commit) as code:
-        cmd = [sys.executable, "-m", "flows.cli", "reproduce", args.run_id, "--params", str(Path(args.params).resolve())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "reproduce",
+            args.run_id,
+            "--params",
+            str(Path(args.params).resolve()),
+        ]
         cmd += [f"--set={o}" for o in args.overrides]
         cmd += (["--epochs", str(args.epochs)] if args.epochs else []) + (["--allow-drift"] if args.allow_drift else [])
         print(f"running the recorded code {commit[:12]} from {code}")
@@ -327,9 +371,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("ok")
         return 0
     if not os.environ.get("PREFECT_API_URL"):
-        print("note: PREFECT_API_URL is not set: serving against a temporary API that ends with this process; "
-              "for the UI and lasting history run `prefect server start` and export "
-              "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        print(
+            "note: PREFECT_API_URL is not set: serving against a temporary API that ends with this process; "
+            "for the UI and lasting history run `prefect server start` and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
     serve_file(path, specs, limit=args.limit)
     return 0
 
@@ -367,7 +414,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"runs are on a tracking server: open {uri}")
         return 0
-    mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    mlflow = shutil.which(
+        "mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if mlflow is None:
         raise TrainyardError("the mlflow command is not installed; run `make venv`")
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]

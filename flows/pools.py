@@ -37,17 +37,26 @@ def load_template(path: Path) -> dict[str, Any]:
     try:
         template = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DeploymentError(f"work pool template {path} does not exist (the shipped ones are in {POOLS_DIR})") from None
+        raise DeploymentError(
+            f"work pool template {path} does not exist (the shipped ones are in {POOLS_DIR})"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DeploymentError(f"work pool template {path} is not valid JSON: {exc}") from None
     if not isinstance(template, dict) or not {"job_configuration", "variables"} <= set(template):
-        raise DeploymentError(f"work pool template {path} needs the two keys job_configuration and variables "
-                              "(start from `prefect work-pool get-default-base-job-template --type kubernetes`)")
+        raise DeploymentError(
+            f"work pool template {path} needs the two keys job_configuration and variables "
+            "(start from `prefect work-pool get-default-base-job-template --type kubernetes`)"
+        )
     return template
 
 
-def render_kubernetes_job(template: Mapping[str, Any], job_variables: Mapping[str, Any] | None = None, *,
-                          flow_name: str = "train", flow_run_name: str = "trainyard-check") -> dict[str, Any]:
+def render_kubernetes_job(
+    template: Mapping[str, Any],
+    job_variables: Mapping[str, Any] | None = None,
+    *,
+    flow_name: str = "train",
+    flow_run_name: str = "trainyard-check",
+) -> dict[str, Any]:
     """The Job manifest a prefect-kubernetes worker would submit for a run of a deployment with ``job_variables``."""
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
@@ -57,8 +66,12 @@ def render_kubernetes_job(template: Mapping[str, Any], job_variables: Mapping[st
     return config.job_manifest
 
 
-def check_kubernetes_template(template: Mapping[str, Any], job_variables: Mapping[str, Any] | None = None,
-                              *, source: str = "kubernetes work pool template") -> dict[str, Any]:
+def check_kubernetes_template(
+    template: Mapping[str, Any],
+    job_variables: Mapping[str, Any] | None = None,
+    *,
+    source: str = "kubernetes work pool template",
+) -> dict[str, Any]:
     """Render like the worker, then validate against the Kubernetes API schema; the manifest, or DeploymentError."""
     manifest = render_kubernetes_job(template, job_variables)
     where = f"{source} with job variables {json.dumps(dict(job_variables or {}), sort_keys=True)}"
@@ -66,9 +79,14 @@ def check_kubernetes_template(template: Mapping[str, Any], job_variables: Mappin
     return manifest
 
 
-def render_docker_create_kwargs(template: Mapping[str, Any], job_variables: Mapping[str, Any] | None = None, *,
-                                docker_client: Any | None = None, flow_name: str = "train",
-                                flow_run_name: str = "trainyard-check") -> dict[str, Any]:
+def render_docker_create_kwargs(
+    template: Mapping[str, Any],
+    job_variables: Mapping[str, Any] | None = None,
+    *,
+    docker_client: Any | None = None,
+    flow_name: str = "train",
+    flow_run_name: str = "trainyard-check",
+) -> dict[str, Any]:
     """The keyword arguments a prefect-docker worker would pass to docker-py's ``containers.create``.
 
     The engine is asked (for its version) only when the Prefect API URL is on loopback, where
@@ -104,10 +122,15 @@ def _asks_engine(config: Any) -> bool:
 def _configuration(cls: Any, template: Mapping[str, Any], job_variables: Mapping[str, Any] | None) -> Any:
     from prefect.client.orchestration import PrefectClient
 
-    if _needs_api(template.get("job_configuration")) or _needs_api(template["variables"].get("properties")) \
-            or _needs_api(job_variables):
-        raise DeploymentError("this template reads Prefect variables or blocks, which only a Prefect server can "
-                              "resolve: render it with that server's worker (`prefect worker start`) instead")
+    if (
+        _needs_api(template.get("job_configuration"))
+        or _needs_api(template["variables"].get("properties"))
+        or _needs_api(job_variables)
+    ):
+        raise DeploymentError(
+            "this template reads Prefect variables or blocks, which only a Prefect server can "
+            "resolve: render it with that server's worker (`prefect worker start`) instead"
+        )
     _check_job_variables(template, dict(job_variables or {}))
     # from_template_and_values asks the API only for variables and blocks (refused above); given
     # no client it would start a temporary Prefect server (~10 s) for nothing.
@@ -133,13 +156,21 @@ def _check_job_variables(template: Mapping[str, Any], job_variables: dict[str, A
     for name in job_variables:
         if name.split(".", 1)[0] not in known:
             near = difflib.get_close_matches(name, known, n=1)
-            raise DeploymentError(f"job variable {name!r} is not a variable of this work pool"
-                                  f"{f'; did you mean {near[0]!r}' if near else ''} (valid: {', '.join(known)})")
+            raise DeploymentError(
+                f"job variable {name!r} is not a variable of this work pool"
+                f"{f'; did you mean {near[0]!r}' if near else ''} (valid: {', '.join(known)})"
+            )
     defaults = {k: v["default"] for k, v in schema.get("properties", {}).items() if v.get("default") is not None}
     try:
         is_valid_schema(schema, preprocess=False)
-        validate({**defaults, **{k: v for k, v in job_variables.items() if "." not in k}}, schema,
-                 raise_on_error=True, preprocess=True, ignore_required=True, allow_none_with_default=True)
+        validate(
+            {**defaults, **{k: v for k, v in job_variables.items() if "." not in k}},
+            schema,
+            raise_on_error=True,
+            preprocess=True,
+            ignore_required=True,
+            allow_none_with_default=True,
+        )
     except (ValidationError, ValueError) as exc:
         raise DeploymentError(f"job variables {json.dumps(job_variables, sort_keys=True)}: {exc}") from None
 
@@ -163,7 +194,7 @@ def _flow_run(flow_name: str, flow_run_name: str) -> tuple[Any, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(args) <= 2:
-        print("usage: python -m flows.pools TEMPLATE.json ['{\"job\": \"variables\"}']", file=sys.stderr)
+        print('usage: python -m flows.pools TEMPLATE.json [\'{"job": "variables"}\']', file=sys.stderr)
         return 2
     try:
         template = load_template(Path(args[0]))

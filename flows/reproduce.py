@@ -34,8 +34,13 @@ image_task = task(name="image-drift", cache_policy=NO_CACHE)(image_for_reproduct
 
 
 @flow(name="reproduce", log_prints=True)
-def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | None = None,
-                   allow_drift: bool = False, overrides: list[str] | None = None) -> Reproduction:
+def reproduce_flow(
+    run_id: str,
+    params_path: str = "params.yaml",
+    epochs: int | None = None,
+    allow_drift: bool = False,
+    overrides: list[str] | None = None,
+) -> Reproduction:
     """Reproduce MLflow run ``run_id``; ``epochs`` replays only the first N epochs."""
     logger = get_run_logger()
     local = load_params(params_path)  # this machine's tracking store, stage cache and tolerances
@@ -46,35 +51,56 @@ def reproduce_flow(run_id: str, params_path: str = "params.yaml", epochs: int | 
     replay = min(epochs, record.epochs) if epochs else record.epochs
     here = code_version(code_root())
     if here.commit != record.key.code_commit:
-        logger.warning("run %s was made by code commit %s; this checkout is %s (use --checkout to run the recorded code)",
-                       run_id, record.key.code_commit, here.commit)
+        logger.warning(
+            "run %s was made by code commit %s; this checkout is %s (use --checkout to run the recorded code)",
+            run_id,
+            record.key.code_commit,
+            here.commit,
+        )
     stage_root = local.resolve_path(local.stage.root) if local.stage.root else default_stage_root()
     sets = [f"tracking.uri={uri}", f"stage.root={stage_root}"]
     tags = {"trainyard.reproduces": run_id}
     if record.key.env_kind == "docker":
-        image, drift = image_task(record.run.tags.get("trainyard.image", record.key.env_digest),
-                                              record.key.env_digest, allow_drift, bool(local.container.pull))
+        image, drift = image_task(
+            record.run.tags.get("trainyard.image", record.key.env_digest),
+            record.key.env_digest,
+            allow_drift,
+            bool(local.container.pull),
+        )
         sets.append(f"container.image={image}")
         tags.update(drift)
     # The recorded params.yaml, beside the local one so its relative paths mean the same.
     recorded = local.base_dir / f".reproduce-{run_id}.params.yaml"
     recorded.write_text(record.params_yaml)
     try:
-        result = train_flow(params_path=str(recorded), overrides=sets + list(overrides or []),
-                            data_version=record.key.data_hash, data_commit=record.key.code_commit,
-                            stop_after=replay if replay < record.epochs else None, extra_tags=tags,
-                             force=True)  # the point is to train again
+        result = train_flow(
+            params_path=str(recorded),
+            overrides=sets + list(overrides or []),
+            data_version=record.key.data_hash,
+            data_commit=record.key.code_commit,
+            stop_after=replay if replay < record.epochs else None,
+            extra_tags=tags,
+            force=True,
+        )  # the point is to train again
     finally:
         recorded.unlink(missing_ok=True)
     new = tracker.get_run(result.run_id)
     histories = {k: tracker.metric_history(result.run_id, k) for k in record.histories}
-    verdict = compare(record.histories, histories, replay, float(local.reproduce.rtol),
-                      float(local.reproduce.atol), record.key, ReproKey.from_tags(new.tags, result.run_id))
+    verdict = compare(
+        record.histories,
+        histories,
+        replay,
+        float(local.reproduce.rtol),
+        float(local.reproduce.atol),
+        record.key,
+        ReproKey.from_tags(new.tags, result.run_id),
+    )
     table = Path(result.run_dir) / "reproduction.md"
     table.write_text(verdict.table())
     tracker.log_artifact(result.run_id, table)
-    tracker.set_tags(result.run_id, {"trainyard.verdict": verdict.kind,
-                                     "trainyard.verdict_changed_inputs": ",".join(verdict.changed_inputs)})
+    tracker.set_tags(
+        result.run_id,
+        {"trainyard.verdict": verdict.kind, "trainyard.verdict_changed_inputs": ",".join(verdict.changed_inputs)},
+    )
     logger.info("verdict: %s", verdict.summary())
     return Reproduction(run_id, result.run_id, verdict)
-

@@ -51,8 +51,9 @@ def _runner_deployment(prefect_file: Path, spec: DeploymentSpec) -> Any:
     accepted = inspect.signature(flow.fn).parameters
     unknown = [p for p in spec.parameters if p not in accepted]
     if unknown:
-        raise DeploymentError(f"{where}: {spec.entrypoint} has no parameter {unknown[0]!r}; "
-                              f"valid: {', '.join(accepted)}")
+        raise DeploymentError(
+            f"{where}: {spec.entrypoint} has no parameter {unknown[0]!r}; valid: {', '.join(accepted)}"
+        )
     schedules = [_schedule(where, s) for s in spec.schedules]
     # A module path, not a file path: the runner's subprocess imports the installed package,
     # so the flow runs the same code whichever folder the file path would be relative to.

@@ -25,15 +25,30 @@ from tasks.repro_key import COMPLETE_TAG, ReproKey, run_name, run_tags, same_inp
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
-from tasks.adapters.mlflow_tracking import (RunRecord, Tracker, backfill_epochs, default_artifact_root, iter_artifacts,
-                         resolve_tracking_uri)
+from tasks.adapters.mlflow_tracking import (
+    RunRecord,
+    Tracker,
+    backfill_epochs,
+    default_artifact_root,
+    iter_artifacts,
+    resolve_tracking_uri,
+)
 from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
 
 # Files of a run directory that go to MLflow, beside the weights.
-ARTIFACT_PATTERNS = ("results.csv", "args.yaml", "params.yaml", "metrics.json", "data.yaml", "validation.json", "job.json",
-                     "*.png", "*.jpg")
+ARTIFACT_PATTERNS = (
+    "results.csv",
+    "args.yaml",
+    "params.yaml",
+    "metrics.json",
+    "data.yaml",
+    "validation.json",
+    "job.json",
+    "*.png",
+    "*.jpg",
+)
 
 
 @dataclass(frozen=True)
@@ -61,10 +76,16 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 preflight_task = task(name="preflight", cache_policy=NO_CACHE)(ensure_ready)
 load_params_task = task(name="load-params", cache_policy=NO_CACHE)(load_params)
 validate_task = task(name="validate", cache_policy=NO_CACHE)(validate_staged)
-stage_exact_task = task(name="stage-exact-version", retries=2, retry_delay_seconds=5,
-                        retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)(stage_exact)
-stage_task = task(name="stage", retries=2, retry_delay_seconds=5,
-                  retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)(stage_from_params)
+stage_exact_task = task(
+    name="stage-exact-version",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)(stage_exact)
+stage_task = task(
+    name="stage", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)(stage_from_params)
 
 
 @task(name="reproduction-key", cache_policy=NO_CACHE)
@@ -85,8 +106,14 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
-def start_run_task(params: Params, key: ReproKey, tracking_uri: str, report: ValidationReport,
-                   staged: StagedDataset, extra_tags: dict[str, str]) -> tuple[str, str]:
+def start_run_task(
+    params: Params,
+    key: ReproKey,
+    tracking_uri: str,
+    report: ValidationReport,
+    staged: StagedDataset,
+    extra_tags: dict[str, str],
+) -> tuple[str, str]:
     tracker = Tracker(tracking_uri)  # reachability was checked by the preflight
     name = params.tracking.run_name or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
     run_id = tracker.start_run(
@@ -166,14 +193,24 @@ def up_to_date_task(tracking_uri: str, experiment: str, key: ReproKey) -> RunRec
 @task(name="publish-summary", cache_policy=NO_CACHE)
 def publish_summary_task(summary: RunSummary) -> None:
     """The flow run's summary in the Prefect UI (Artifacts tab), keyed so runs line up in one history."""
-    create_markdown_artifact(markdown=summary.markdown(), key="trainyard-train",
-                             description=f"trainyard train: {summary.outcome}, MLflow run {summary.run_id}")
+    create_markdown_artifact(
+        markdown=summary.markdown(),
+        key="trainyard-train",
+        description=f"trainyard train: {summary.outcome}, MLflow run {summary.run_id}",
+    )
 
 
 @flow(name="train", log_prints=True)
-def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, run_dir: str | None = None,
-               data_version: str | None = None, data_commit: str | None = None, stop_after: int | None = None,
-               extra_tags: dict[str, str] | None = None, force: bool = False) -> TrainResult:
+def train_flow(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    run_dir: str | None = None,
+    data_version: str | None = None,
+    data_commit: str | None = None,
+    stop_after: int | None = None,
+    extra_tags: dict[str, str] | None = None,
+    force: bool = False,
+) -> TrainResult:
     """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run.
 
     Unless ``force``, a run whose data hash, params hash and image/environment digest equal
@@ -187,16 +224,31 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     checks = preflight_task(params)
     logger.info("preflight:\n%s", format_table(checks))
     staged = stage_exact_task(params, data_version, data_commit) if data_version else stage_task(params)
-    logger.info("staged %s (%d files, %.1f MB) at %s%s in %.1f s", staged.md5, staged.files, staged.bytes / 1e6,
-                staged.path, " (reused)" if staged.reused else "", staged.seconds)
+    logger.info(
+        "staged %s (%d files, %.1f MB) at %s%s in %.1f s",
+        staged.md5,
+        staged.files,
+        staged.bytes / 1e6,
+        staged.path,
+        " (reused)" if staged.reused else "",
+        staged.seconds,
+    )
     for note in staged.notes:
         logger.warning(note)
     report = validate_task(params, staged)
-    logger.info("dataset %s is valid%s: %s", staged.source, " (checked before, same data version)" if report.cached
-                else "", {k: v.images for k, v in report.splits.items()})
+    logger.info(
+        "dataset %s is valid%s: %s",
+        staged.source,
+        " (checked before, same data version)" if report.cached else "",
+        {k: v.images for k, v in report.splits.items()},
+    )
     if report.warnings:
-        logger.warning("dataset %s trains with %d warning(s):\n%s", staged.source, len(report.warnings),
-                       format_warnings(report.warnings))
+        logger.warning(
+            "dataset %s trains with %d warning(s):\n%s",
+            staged.source,
+            len(report.warnings),
+            format_warnings(report.warnings),
+        )
     runner = make_runner(params.runner.kind, params.container)
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking.uri, params.base_dir)
@@ -215,9 +267,9 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         data_yaml = staged.training_yaml(out / "data.yaml")
         job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
         with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
-            resumed = train_task.with_options(retries=params.runner.retries,
-                                              retry_delay_seconds=params.runner.retry_delay)(
-                runner, job, tracking_uri, run_id)
+            resumed = train_task.with_options(
+                retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
+            )(runner, job, tracking_uri, run_id)
     metrics = finish_run_task(tracking_uri, run_id, out, complete=stop_after is None)
     tracker = Tracker(tracking_uri)
     url = tracker.run_url(tracker.get_run(run_id))
@@ -244,23 +296,67 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
     get_run_logger().info(
         "up to date: data %s, params %s and %s digest %s equal those of MLflow run %s (%s); "
         "not retraining (force=True / `trainyard run --force` retrains) - %s",
-        key.data_hash, key.params_hash[:12], "image" if key.env_kind == "docker" else "environment",
-        key.env_digest[:19], prior.name, prior.run_id, url)
-    metrics: dict[str, float | int] = {k.removeprefix("final/"): v for k, v in prior.metrics.items()
-                                       if k.startswith("final/")}
-    publish_summary_task(_summary("up to date", prior.name, prior.run_id, url, key, params, metrics,
-                                  notes=("nothing changed since this run: no training",)))
-    return TrainResult(run_id=prior.run_id, run_name=prior.name, run_dir=prior.tags.get("trainyard.run_dir", ""),
-                       tracking_uri=tracking_uri, experiment=params.tracking.experiment, metrics=metrics,
-                       key=key.tags(), outcome="up to date", run_url=url)
+        key.data_hash,
+        key.params_hash[:12],
+        "image" if key.env_kind == "docker" else "environment",
+        key.env_digest[:19],
+        prior.name,
+        prior.run_id,
+        url,
+    )
+    metrics: dict[str, float | int] = {
+        k.removeprefix("final/"): v for k, v in prior.metrics.items() if k.startswith("final/")
+    }
+    publish_summary_task(
+        _summary(
+            "up to date",
+            prior.name,
+            prior.run_id,
+            url,
+            key,
+            params,
+            metrics,
+            notes=("nothing changed since this run: no training",),
+        )
+    )
+    return TrainResult(
+        run_id=prior.run_id,
+        run_name=prior.name,
+        run_dir=prior.tags.get("trainyard.run_dir", ""),
+        tracking_uri=tracking_uri,
+        experiment=params.tracking.experiment,
+        metrics=metrics,
+        key=key.tags(),
+        outcome="up to date",
+        run_url=url,
+    )
 
 
-def _summary(outcome: str, name: str, run_id: str, url: str, key: ReproKey, params: Params,
-             metrics: dict[str, float | int], notes: tuple[str, ...] = ()) -> RunSummary:
+def _summary(
+    outcome: str,
+    name: str,
+    run_id: str,
+    url: str,
+    key: ReproKey,
+    params: Params,
+    metrics: dict[str, float | int],
+    notes: tuple[str, ...] = (),
+) -> RunSummary:
     image = str(params.container.image) if key.env_kind == "docker" else None
-    return RunSummary(outcome=outcome, run_name=name, run_id=run_id, run_url=url, data_hash=key.data_hash,
-                      params_hash=key.params_hash, env_kind=key.env_kind, env_digest=key.env_digest,
-                      code_commit=key.code_commit, metrics=metrics, image=image, notes=notes)
+    return RunSummary(
+        outcome=outcome,
+        run_name=name,
+        run_id=run_id,
+        run_url=url,
+        data_hash=key.data_hash,
+        params_hash=key.params_hash,
+        env_kind=key.env_kind,
+        env_digest=key.env_digest,
+        code_commit=key.code_commit,
+        metrics=metrics,
+        image=image,
+        notes=notes,
+    )
 
 
 def _prefect_tags() -> dict[str, str]:

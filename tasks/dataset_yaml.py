@@ -77,12 +77,15 @@ def find_dataset_yaml(source: Path) -> Path:
     """
     if source.is_file():
         if source.suffix.lower() not in YAML_SUFFIXES:
-            raise DatasetError(f"{source} is not a dataset yaml (valid: a folder holding one dataset yaml, "
-                               f"or the .yaml file itself)")
+            raise DatasetError(
+                f"{source} is not a dataset yaml (valid: a folder holding one dataset yaml, or the .yaml file itself)"
+            )
         return source
     if not source.is_dir():
-        raise DatasetError(f"{source}: dataset does not exist (valid: a folder holding a dataset yaml "
-                           f"like data.yaml, or the yaml file itself)")
+        raise DatasetError(
+            f"{source}: dataset does not exist (valid: a folder holding a dataset yaml "
+            f"like data.yaml, or the yaml file itself)"
+        )
     candidates = sorted(p for p in source.iterdir() if p.suffix.lower() in YAML_SUFFIXES and p.is_file())
     if len(candidates) == 1:
         return candidates[0]
@@ -91,11 +94,15 @@ def find_dataset_yaml(source: Path) -> Path:
         return datasets[0]
     if not datasets:
         found = f" (found {', '.join(p.name for p in candidates)}, none with train:/val: keys)" if candidates else ""
-        raise DatasetError(f"{source}: no dataset yaml at the top of the folder{found} (valid: a data.yaml with "
-                           f"train:, val: and names:, e.g. train: images/train)")
+        raise DatasetError(
+            f"{source}: no dataset yaml at the top of the folder{found} (valid: a data.yaml with "
+            f"train:, val: and names:, e.g. train: images/train)"
+        )
     names = ", ".join(p.name for p in datasets)
-    raise DatasetError(f"{source}: {len(datasets)} dataset yamls ({names}); point data.source at the one to train, "
-                       f"e.g. {source / datasets[0].name}")
+    raise DatasetError(
+        f"{source}: {len(datasets)} dataset yamls ({names}); point data.source at the one to train, "
+        f"e.g. {source / datasets[0].name}"
+    )
 
 
 def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | None:
@@ -120,8 +127,9 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
         return None
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        problems.append(f"{name}: is {kind}, not a mapping (valid: keys like train: images/train, "
-                        f"val: images/val, names: [...])")
+        problems.append(
+            f"{name}: is {kind}, not a mapping (valid: keys like train: images/train, val: images/val, names: [...])"
+        )
         return None
 
     lines: dict[Any, int] = {}
@@ -129,8 +137,9 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
     for key_node, value_node in node.value:
         key, line = key_node.value, key_node.start_mark.line + 1
         if key in lines:
-            problems.append(f"{name}:{line}: key '{key}' given twice (also line {lines[key]}); "
-                            f"YAML keeps only the last one")
+            problems.append(
+                f"{name}:{line}: key '{key}' given twice (also line {lines[key]}); YAML keeps only the last one"
+            )
         lines[key], value_nodes[key] = line, value_node
 
     def where(key: str) -> str:
@@ -139,8 +148,10 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
     notes: list[str] = []
     for key in (str(k) for k in data if k not in KNOWN_KEYS):
         if key == "background":  # trainyard's own key before it followed Ultralytics here
-            notes.append(f"{where(key)}: key 'background' ignored: images without a label file train as "
-                         f"backgrounds by default; validate.strict: true refuses them")
+            notes.append(
+                f"{where(key)}: key 'background' ignored: images without a label file train as "
+                f"backgrounds by default; validate.strict: true refuses them"
+            )
             continue
         close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close and close[0] not in data else ""
@@ -163,20 +174,26 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
         if value is None or value == [] or value == "":
             if split in REQUIRED_SPLITS:
                 detail = "is empty" if split in data else "is missing"
-                problems.append(f"{where(split)}: required key '{split}' {detail} (valid: {split}: images/{split}, "
-                                f"a folder or .txt list relative to the dataset root)")
+                problems.append(
+                    f"{where(split)}: required key '{split}' {detail} (valid: {split}: images/{split}, "
+                    f"a folder or .txt list relative to the dataset root)"
+                )
             continue
         if not isinstance(value, (str, list)):
             continue  # reported by the type check above
         items = value if isinstance(value, list) else [value]
         bad = [v for v in items if not isinstance(v, str) or not v]
         if bad:
-            problems.append(f"{where(split)}: {split} entries must be path strings, got {_describe(bad[0])} "
-                            f"(valid: {split}: images/{split} or a list of such paths)")
+            problems.append(
+                f"{where(split)}: {split} entries must be path strings, got {_describe(bad[0])} "
+                f"(valid: {split}: images/{split} or a list of such paths)"
+            )
             continue
         if root is not None:
-            splits[split] = [SplitEntry(split, v, resolve_split(root, v, roboflow=isinstance(value, str)),
-                                        lines.get(split)) for v in items]
+            splits[split] = [
+                SplitEntry(split, v, resolve_split(root, v, roboflow=isinstance(value, str)), lines.get(split))
+                for v in items
+            ]
     if root is None or names is None:
         return None
     return DatasetConfig(yaml_path=yaml_path, root=root, names=names, splits=splits, data=data, notes=notes)
@@ -189,10 +206,15 @@ def _resolve_root(yaml_path: Path, data: dict[str, Any], where: Any, problems: l
     expanded = os.path.expanduser(given)
     root = Path(os.path.normpath(expanded if os.path.isabs(expanded) else yaml_path.parent / expanded))
     if not root.is_dir():
-        hint = ("" if os.path.isabs(expanded) else
-                "; a relative path: resolves against the yaml's folder in trainyard, never the working directory")
-        problems.append(f"{where('path')}: path {given!r} is not a folder ({root}){hint} (valid: the dataset "
-                        f"root as an absolute path, or relative to {yaml_path.name}'s folder, or leave path: out)")
+        hint = (
+            ""
+            if os.path.isabs(expanded)
+            else "; a relative path: resolves against the yaml's folder in trainyard, never the working directory"
+        )
+        problems.append(
+            f"{where('path')}: path {given!r} is not a folder ({root}){hint} (valid: the dataset "
+            f"root as an absolute path, or relative to {yaml_path.name}'s folder, or leave path: out)"
+        )
         return None
     return root
 
@@ -205,8 +227,9 @@ def resolve_split(root: Path, value: str, *, roboflow: bool) -> str:
     return path
 
 
-def _read_names(data: dict[str, Any], node: yaml.Node | None, yaml_name: str, where: Any, problems: list[str],
-                notes: list[str]) -> list[str] | None:
+def _read_names(
+    data: dict[str, Any], node: yaml.Node | None, yaml_name: str, where: Any, problems: list[str], notes: list[str]
+) -> list[str] | None:
     """check_det_dataset + check_class_names: the class names, or None after appending the problem."""
     raw, nc = data.get("names"), data.get("nc")
     if nc is not None and not (isinstance(nc, int) and not isinstance(nc, bool)):
@@ -216,8 +239,10 @@ def _read_names(data: dict[str, Any], node: yaml.Node | None, yaml_name: str, wh
                 raise ValueError
             nc = int(as_float)
         except (TypeError, ValueError):
-            problems.append(f"{where('nc')}: nc must be an integer, got {_describe(nc)} (valid: the number of "
-                            f"classes, or leave nc out)")
+            problems.append(
+                f"{where('nc')}: nc must be an integer, got {_describe(nc)} (valid: the number of "
+                f"classes, or leave nc out)"
+            )
             return None
     if raw is None:
         if nc is None:
@@ -230,8 +255,11 @@ def _read_names(data: dict[str, Any], node: yaml.Node | None, yaml_name: str, wh
         return default_names(nc)
     if not isinstance(raw, (list, dict)):
         return None  # reported by the type check
-    item_lines = [(item[0] if isinstance(item, tuple) else item).start_mark.line + 1
-                  for item in getattr(node, "value", [])] if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
+    item_lines = (
+        [(item[0] if isinstance(item, tuple) else item).start_mark.line + 1 for item in getattr(node, "value", [])]
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode))
+        else []
+    )
     if isinstance(raw, list):
         pairs: list[tuple[Any, Any]] = list(enumerate(raw))
     else:
@@ -257,8 +285,11 @@ def _read_names(data: dict[str, Any], node: yaml.Node | None, yaml_name: str, wh
     n = len(by_id)
     if sorted(by_id) != list(range(n)):
         missing = sorted(set(range(n)) - set(by_id))
-        problems.append(f"{where('names')}: names ids must run 0..{n - 1} without gaps, got {sorted(by_id)}"
-                        + (f" (missing {missing})" if missing else "") + f" (valid: {_NAMES_FORM})")
+        problems.append(
+            f"{where('names')}: names ids must run 0..{n - 1} without gaps, got {sorted(by_id)}"
+            + (f" (missing {missing})" if missing else "")
+            + f" (valid: {_NAMES_FORM})"
+        )
         return None
     if nc is not None and nc != n:  # reported; the splits are still checked against the names
         problems.append(f"{where('nc')}: nc is {nc} but names lists {n} classes (valid: nc: {n}, or leave nc out)")

@@ -63,7 +63,9 @@ def generate_demo_dataset(dest: Path | str, spec: DemoSpec = DemoSpec()) -> Path
     return dest
 
 
-def _draw_sample(rng: np.random.Generator, spec: DemoSpec) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+def _draw_sample(
+    rng: np.random.Generator, spec: DemoSpec
+) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
     s = spec.size
     # Smooth random gradient plus pixel noise: enough clutter that the model must learn shape, not "any blob".
     base = rng.integers(40, 200, size=3)
@@ -93,7 +95,9 @@ def _draw_sample(rng: np.random.Generator, spec: DemoSpec) -> tuple[Image.Image,
     return image, labels
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, cls: int, box: tuple[float, float, float, float], colour: tuple[int, ...]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, cls: int, box: tuple[float, float, float, float], colour: tuple[int, ...]
+) -> None:
     x1, y1, x2, y2 = box
     if CLASS_NAMES[cls] == "circle":
         draw.ellipse(box, fill=colour)
@@ -106,4 +110,3 @@ def _draw_shape(draw: ImageDraw.ImageDraw, cls: int, box: tuple[float, float, fl
 def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     margin = 2.0
     return not (a[2] + margin < b[0] or b[2] + margin < a[0] or a[3] + margin < b[1] or b[3] + margin < a[1])
-

@@ -23,9 +23,23 @@ _SCHEDULE_KEYS = (*_SCHEDULE_KINDS, "timezone", "anchor_date", "day_or", "active
 # build/push/pull/triggers/version/enforce_parameter_schema are `prefect deploy`'s business;
 # `serve` runs this checkout's code. Prefect 2's singular `schedule:` is refused (it would be
 # ignored, and a nightly training would silently never run).
-_DEPLOYMENT_KEYS = ("name", "entrypoint", "description", "tags", "parameters", "schedules", "work_pool",
-                    "concurrency_limit", "version", "pull", "build", "push", "enforce_parameter_schema",
-                    "paused", "triggers")
+_DEPLOYMENT_KEYS = (
+    "name",
+    "entrypoint",
+    "description",
+    "tags",
+    "parameters",
+    "schedules",
+    "work_pool",
+    "concurrency_limit",
+    "version",
+    "pull",
+    "build",
+    "push",
+    "enforce_parameter_schema",
+    "paused",
+    "triggers",
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +70,10 @@ class DeploymentSpec:
 def read_deployments(path: Path) -> list[DeploymentSpec]:
     """Every deployment in ``path`` (a prefect.yaml), checked; DeploymentError names what is wrong and where."""
     if not path.is_file():
-        raise DeploymentError(f"{path} does not exist; `trainyard serve` reads the deployments from a prefect.yaml "
-                              "(see the one at the top of the trainyard checkout)")
+        raise DeploymentError(
+            f"{path} does not exist; `trainyard serve` reads the deployments from a prefect.yaml "
+            "(see the one at the top of the trainyard checkout)"
+        )
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -79,8 +95,10 @@ def select(specs: list[DeploymentSpec], names: list[str] | tuple[str, ...]) -> l
     if not names:
         chosen = [s for s in specs if s.work_pool in (None, PROCESS_POOL)]
         if not chosen:
-            raise DeploymentError(f"no deployment uses the {PROCESS_POOL!r} process pool; name the ones to serve "
-                                  f"with --deployment (there are: {', '.join(s.name for s in specs)})")
+            raise DeploymentError(
+                f"no deployment uses the {PROCESS_POOL!r} process pool; name the ones to serve "
+                f"with --deployment (there are: {', '.join(s.name for s in specs)})"
+            )
         return chosen
     by_name = {s.name: s for s in specs}
     unknown = [n for n in names if n not in by_name]
@@ -108,7 +126,7 @@ def _deployment(path: Path, index: int, item: Any) -> DeploymentSpec:
         raise DeploymentError(f"{where}: `parameters` must be a mapping of flow parameter names to values")
     raw_schedules = item.get("schedules") or []
     if not isinstance(raw_schedules, list):
-        raise DeploymentError(f"{where}: `schedules` must be a list like [{{cron: \"0 2 * * *\", timezone: UTC}}]")
+        raise DeploymentError(f'{where}: `schedules` must be a list like [{{cron: "0 2 * * *", timezone: UTC}}]')
     pool = item.get("work_pool") or {}
     if not isinstance(pool, dict):
         raise DeploymentError(f"{where}: `work_pool` must be a mapping like {{name: {PROCESS_POOL}}}")
@@ -140,8 +158,9 @@ def _schedule(where: str, item: Any) -> dict[str, Any]:
         raise DeploymentError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_SCHEDULE_KEYS)}")
     kinds = [k for k in _SCHEDULE_KINDS if item.get(k) is not None]
     if len(kinds) != 1:
-        raise DeploymentError(f"{where} needs exactly one of cron, interval, rrule (found "
-                              f"{', '.join(kinds) or 'none'}): {form}")
+        raise DeploymentError(
+            f"{where} needs exactly one of cron, interval, rrule (found {', '.join(kinds) or 'none'}): {form}"
+        )
     interval = item.get("interval")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0):
         raise DeploymentError(f"{where}: interval must be a number of seconds > 0, like 3600, not {interval!r}")
@@ -152,5 +171,7 @@ def _schedule(where: str, item: Any) -> dict[str, Any]:
         try:
             ZoneInfo(str(timezone))
         except (ZoneInfoNotFoundError, ValueError):
-            raise DeploymentError(f"{where}: timezone {timezone!r} is not an IANA name like Europe/Berlin or UTC") from None
+            raise DeploymentError(
+                f"{where}: timezone {timezone!r} is not an IANA name like Europe/Berlin or UTC"
+            ) from None
     return dict(item)

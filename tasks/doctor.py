@@ -27,7 +27,9 @@ class Check:
     fix: str = ""
 
 
-def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callable[[], Any] | None = None) -> list[Check]:
+def run_checks(
+    params: Params, *, nvml: Any | None = None, docker_client: Callable[[], Any] | None = None
+) -> list[Check]:
     """Every check for these params; ``nvml``/``docker_client`` are injectable for tests."""
     checks: list[Check] = []
     docker_needed = params.runner.kind == "docker"
@@ -47,46 +49,83 @@ def run_checks(params: Params, *, nvml: Any | None = None, docker_client: Callab
             from tasks.adapters.docker_engine import has_nvidia_runtime
 
             has_rt = has_nvidia_runtime(client)
-            checks.append(Check(
-                "nvidia container runtime", has_rt, gpus_wanted,
-                "present" if has_rt else "absent",
-                "" if has_rt else "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure "
-                "--runtime=docker`, or set container.gpus: none",
-            ))
+            checks.append(
+                Check(
+                    "nvidia container runtime",
+                    has_rt,
+                    gpus_wanted,
+                    "present" if has_rt else "absent",
+                    ""
+                    if has_rt
+                    else "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure "
+                    "--runtime=docker`, or set container.gpus: none",
+                )
+            )
 
     report: NvmlReport = read_nvml(nvml)
     if report.available and report.gpus:
-        listing = "; ".join(f"{g.index}: {g.name}, {g.memory_free_mb}/{g.memory_total_mb} MiB free" for g in report.gpus)
-        checks.append(Check("gpus (nvml)", True, gpus_wanted,
-                            f"{len(report.gpus)} GPU(s), driver {report.driver} (CUDA <= {report.cuda_driver}): {listing}"))
+        listing = "; ".join(
+            f"{g.index}: {g.name}, {g.memory_free_mb}/{g.memory_total_mb} MiB free" for g in report.gpus
+        )
+        checks.append(
+            Check(
+                "gpus (nvml)",
+                True,
+                gpus_wanted,
+                f"{len(report.gpus)} GPU(s), driver {report.driver} (CUDA <= {report.cuda_driver}): {listing}",
+            )
+        )
     else:
-        checks.append(Check("gpus (nvml)", False, gpus_wanted, report.reason or "no GPU",
-                            "install the NVIDIA driver, or train on CPU (train.device: cpu, container.gpus: none)"))
+        checks.append(
+            Check(
+                "gpus (nvml)",
+                False,
+                gpus_wanted,
+                report.reason or "no GPU",
+                "install the NVIDIA driver, or train on CPU (train.device: cpu, container.gpus: none)",
+            )
+        )
 
     if client is not None and params.container.image:
         from tasks.adapters.docker_engine import resolve_image
 
         try:
-            img = resolve_image(client, str(params.container.image), bool(params.container.require_digest),
-                                bool(params.container.pull))
+            img = resolve_image(
+                client, str(params.container.image), bool(params.container.require_digest), bool(params.container.pull)
+            )
             checks.append(Check("training image", True, True, f"{img.given} -> {img.digest} (CUDA {img.cuda or '?'})"))
             if img.cuda and report.available and report.cuda_driver:
                 ok = cuda_at_least(report.cuda_driver, img.cuda)
-                checks.append(Check(
-                    "driver vs image CUDA", ok, gpus_wanted,
-                    f"driver supports CUDA {report.cuda_driver}, image needs {img.cuda}",
-                    "" if ok else f"upgrade the NVIDIA driver to one supporting CUDA {img.cuda}, or use an image "
-                    f"built for CUDA <= {report.cuda_driver} (the classic 'driver too old / libcudart' failure)",
-                ))
+                checks.append(
+                    Check(
+                        "driver vs image CUDA",
+                        ok,
+                        gpus_wanted,
+                        f"driver supports CUDA {report.cuda_driver}, image needs {img.cuda}",
+                        ""
+                        if ok
+                        else f"upgrade the NVIDIA driver to one supporting CUDA {img.cuda}, or use an image "
+                        f"built for CUDA <= {report.cuda_driver} (the classic 'driver too old / libcudart' failure)",
+                    )
+                )
         except TrainyardError as exc:
-            checks.append(Check("training image", False, True, str(exc), "build it with `make image`, or fix container.image"))
+            checks.append(
+                Check("training image", False, True, str(exc), "build it with `make image`, or fix container.image")
+            )
 
     root = params.resolve_path(params.stage.root) if params.stage.root else default_stage_root()
     probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
     free_gb = shutil.disk_usage(probe).free / 1e9
     writable = os.access(probe, os.W_OK)
-    checks.append(Check("stage.root space", writable, True, f"{root}: {free_gb:.1f} GB free" + ("" if writable else ", not writable"),
-                        "" if writable else "set stage.root to a writable local SSD or tmpfs directory"))
+    checks.append(
+        Check(
+            "stage.root space",
+            writable,
+            True,
+            f"{root}: {free_gb:.1f} GB free" + ("" if writable else ", not writable"),
+            "" if writable else "set stage.root to a writable local SSD or tmpfs directory",
+        )
+    )
 
     from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
 
@@ -107,16 +146,27 @@ def _source_check(params: Params) -> Check:
         from tasks.adapters.s3 import S3Client, parse_s3_url
 
         try:
-            client = S3Client(endpoint_url=params.data.endpoint_url, region=params.data.region,
-                              profile=params.data.profile, max_workers=2)
+            client = S3Client(
+                endpoint_url=params.data.endpoint_url,
+                region=params.data.region,
+                profile=params.data.profile,
+                max_workers=2,
+            )
             objects = client.list_objects(parse_s3_url(source))
             return Check("data source", True, True, f"{source}: {len(objects)} objects")
         except TrainyardError as exc:
-            return Check("data source", False, True, str(exc), "fix data.source / data.endpoint_url or the AWS credentials")
+            return Check(
+                "data source", False, True, str(exc), "fix data.source / data.endpoint_url or the AWS credentials"
+            )
     path = params.data_source
     ok = (path.is_dir() and os.access(path, os.R_OK | os.X_OK)) or (path.is_file() and os.access(path, os.R_OK))
-    return Check("data source", ok, True, f"{path}" + ("" if ok else ": missing or unreadable"),
-                 "" if ok else "fix data.source (run `make data` for the demo dataset)")
+    return Check(
+        "data source",
+        ok,
+        True,
+        f"{path}" + ("" if ok else ": missing or unreadable"),
+        "" if ok else "fix data.source (run `make data` for the demo dataset)",
+    )
 
 
 def failures(checks: list[Check]) -> list[Check]:

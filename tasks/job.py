@@ -25,6 +25,7 @@ JOB_ENV = "TRAINYARD_JOB"  # path of the job.json a trainer (DDP workers include
 LAST = Path("weights") / "last.pt"
 PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed into place when complete
 
+
 @dataclass(frozen=True)
 class TrainJob:
     """Everything the training process needs; written as JSON so a container can read it."""
@@ -232,8 +233,11 @@ def plan_retry(job: TrainJob, logged_through: int, resumed_before: list[int]) ->
         note = f"resuming the training from {run_dir / LAST} after epoch {done}"
         return Attempt(replace(job, resume=True, logged_through=logged_through), [*resumed_before, done], note)
     clear_training_outputs(run_dir)
-    return Attempt(replace(job, logged_through=logged_through), list(resumed_before),
-                   "the previous attempt left no checkpoint to resume from; training again from epoch 1")
+    return Attempt(
+        replace(job, logged_through=logged_through),
+        list(resumed_before),
+        "the previous attempt left no checkpoint to resume from; training again from epoch 1",
+    )
 
 
 def worth_retrying(killed: bool, run_dir: Path) -> bool:

@@ -104,8 +104,11 @@ def _key(default: Any, form: str, check: Callable[[Any], str | None] | None = No
 class DataParams:
     """``data``: the dataset to train on."""
 
-    source: str = _key("data/demo", "s3://bucket/prefix, a path to a dataset folder holding one dataset yaml, or the "
-                       "yaml file itself", _non_empty)
+    source: str = _key(
+        "data/demo",
+        "s3://bucket/prefix, a path to a dataset folder holding one dataset yaml, or the yaml file itself",
+        _non_empty,
+    )
     rev: str | None = _key(None, "a git revision for a DVC-tracked data.source, or null for the working copy")
     endpoint_url: str | None = _key(None, "an S3-compatible endpoint like http://minio:9000, or null for AWS")
     region: str | None = _key(None, "an AWS region like eu-west-1, or null for the AWS default chain")
@@ -126,8 +129,9 @@ class StageParams:
 class ValidateParams:
     """``validate``: how strict the dataset check is."""
 
-    strict: bool = _key(False, "true to refuse images without a label file, false to train them as backgrounds "
-                        "(as Ultralytics does)")
+    strict: bool = _key(
+        False, "true to refuse images without a label file, false to train them as backgrounds (as Ultralytics does)"
+    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,9 @@ class RunnerParams:
     """``runner``: where the training process runs, and how a crashed one is resumed."""
 
     kind: str = _key("local", "local or docker", _one_of("local", "docker"))
-    retries: int = _key(2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)",
-                        _not_negative)
+    retries: int = _key(
+        2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)", _not_negative
+    )
     retry_delay: int | float = _key(30, "seconds to wait before resuming a crashed training, like 30", _not_negative)
 
 
@@ -145,7 +150,7 @@ class ContainerParams:
     """``container``: the training image and what the container gets."""
 
     image: str | None = _key(None, "an image as name:tag, name@sha256:<digest> or name:tag@sha256:<digest>")
-    gpus: str | int = _key("none", "all, none, or GPU indices like \"0,1\"")
+    gpus: str | int = _key("none", 'all, none, or GPU indices like "0,1"')
     shm_size: str = _key("8g", "a size like 8g (Docker's 64m default kills dataloader workers)")
     ipc: str | None = _key(None, "host, or null for Docker's default")
     require_digest: bool = _key(False, "true to refuse a bare tag in container.image")
@@ -170,15 +175,24 @@ class TrackingParams:
 
 
 SECTION_TYPES: dict[str, type] = {
-    "data": DataParams, "stage": StageParams, "validate": ValidateParams, "runner": RunnerParams,
-    "container": ContainerParams, "reproduce": ReproduceParams, "tracking": TrackingParams,
+    "data": DataParams,
+    "stage": StageParams,
+    "validate": ValidateParams,
+    "runner": RunnerParams,
+    "container": ContainerParams,
+    "reproduce": ReproduceParams,
+    "tracking": TrackingParams,
 }
 
 
 def _schema(cls: type) -> dict[str, _Key]:
     hints = typing.get_type_hints(cls)
-    return {f.name: _Key(typing.get_args(hints[f.name]) or (hints[f.name],), f.default, f.metadata["form"],
-                         f.metadata["check"]) for f in fields(cls)}
+    return {
+        f.name: _Key(
+            typing.get_args(hints[f.name]) or (hints[f.name],), f.default, f.metadata["form"], f.metadata["check"]
+        )
+        for f in fields(cls)
+    }
 
 
 # What _check_section checks each section's keys against, read off the dataclasses above.
@@ -207,7 +221,9 @@ class Params:
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved parameters (file + overrides), as they would read in params.yaml."""
-        return {name: copy.deepcopy(self.train) if name == "train" else asdict(getattr(self, name)) for name in SECTIONS}
+        return {
+            name: copy.deepcopy(self.train) if name == "train" else asdict(getattr(self, name)) for name in SECTIONS
+        }
 
     def flat(self) -> dict[str, str]:
         """``section.key`` -> string, for MLflow params (which are flat strings)."""
@@ -241,9 +257,7 @@ class Params:
                 "weights: give a local .pt path, or a YOLO11 yaml such as yolo11n.yaml to train from scratch"
             )
         if not model.endswith((".yaml", ".yml")):
-            raise ParamsError(
-                f"{self.path}: train.model = {model!r}: valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]}"
-            )
+            raise ParamsError(f"{self.path}: train.model = {model!r}: valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]}")
         return model
 
     def to_yaml(self) -> str:
@@ -296,7 +310,9 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[st
     except UnicodeDecodeError as exc:
         raise ParamsError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     except FileNotFoundError:
-        raise ParamsError(f"{where}: file not found (run trainyard from the project folder or pass --params PATH)") from None
+        raise ParamsError(
+            f"{where}: file not found (run trainyard from the project folder or pass --params PATH)"
+        ) from None
     except OSError as exc:
         raise ParamsError(f"{where}: cannot read: {exc.strerror}") from None
     try:
@@ -318,7 +334,9 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[st
         return _check(tree, path.resolve(), where, tuple(overrides))
     except ParamsError as exc:
         # Point at the --set that caused it, not at a params.yaml that is fine.
-        culprit = next((text for dotted, text in origins.items() if f" {dotted} " in f" {exc} " or f"'{dotted}'" in str(exc)), None)
+        culprit = next(
+            (text for dotted, text in origins.items() if f" {dotted} " in f" {exc} " or f"'{dotted}'" in str(exc)), None
+        )
         if culprit is None:
             raise
         raise ParamsError(f"{exc} (from --set {culprit})") from None
@@ -393,9 +411,13 @@ def _devices_beyond_container(device: Any, gpus: str | int) -> str | None:
     if not asked or (asked <= count and all(i < count for i in indices)):
         return None
     if count == 0:
-        return f"train.device {device!r} asks for GPUs but container.gpus is {gpus!r}; set container.gpus (all or \"0,1\")"
-    return (f"train.device {device!r} asks for GPUs the container does not have: container.gpus {gpus!r} gives it "
-            f"{count}, numbered 0..{count - 1} inside the container (train.device indexes the container's GPUs)")
+        return (
+            f'train.device {device!r} asks for GPUs but container.gpus is {gpus!r}; set container.gpus (all or "0,1")'
+        )
+    return (
+        f"train.device {device!r} asks for GPUs the container does not have: container.gpus {gpus!r} gives it "
+        f"{count}, numbered 0..{count - 1} inside the container (train.device indexes the container's GPUs)"
+    )
 
 
 def _check_section(name: str, body: dict[str, Any], keys: dict[str, _Key], where: str) -> dict[str, Any]:

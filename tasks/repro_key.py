@@ -59,6 +59,7 @@ class ReproKey:
                 f"MLflow run {run_id} has no reproduction key (missing tags: "
                 f"{', '.join(TAG_PREFIX + k for k in missing)}); only runs made by trainyard can be reproduced"
             )
+
         def get(key: str, default: str = "") -> str:
             return tags.get(f"{TAG_PREFIX}{key}", default)
 

@@ -53,8 +53,14 @@ class Verdict:
         return text
 
     def table(self) -> str:
-        lines = [f"# Reproduction verdict: {self.kind}", "", self.summary(), "",
-                 "| epoch | metric | original | reproduction | abs diff |", "|---:|---|---:|---:|---:|"]
+        lines = [
+            f"# Reproduction verdict: {self.kind}",
+            "",
+            self.summary(),
+            "",
+            "| epoch | metric | original | reproduction | abs diff |",
+            "|---:|---|---:|---:|---:|",
+        ]
         lines += [f"| {e} | {m} | {a!r} | {b!r} | {d:.3g} |" for e, m, a, b, d in self.rows]
         return "\n".join(lines) + "\n"
 
@@ -68,9 +74,15 @@ def read_record(tracker: Tracker, run_id: str) -> Record:
     return Record(run, key, params_yaml, {k: tracker.metric_history(run_id, k) for k in names})
 
 
-def compare(original: dict[str, list[tuple[int, float]]], reproduction: dict[str, list[tuple[int, float]]],
-            epochs: int, rtol: float = 0.0, atol: float = 0.0,
-            key_a: ReproKey | None = None, key_b: ReproKey | None = None) -> Verdict:
+def compare(
+    original: dict[str, list[tuple[int, float]]],
+    reproduction: dict[str, list[tuple[int, float]]],
+    epochs: int,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    key_a: ReproKey | None = None,
+    key_b: ReproKey | None = None,
+) -> Verdict:
     """Compare the first ``epochs`` epochs of every metric the original logged."""
     rows: list[tuple[int, str, float, float, float]] = []
     first: tuple[int, str, float, float] | None = None

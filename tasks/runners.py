@@ -131,7 +131,15 @@ def make_runner(kind: str, container: ContainerParams | None = None) -> Runner:
 
         c = container or ContainerParams()
         if not c.image:
-            raise RunnerError("runner.kind is docker but container.image is not set (valid form: name:tag or name@sha256:...)")
-        return DockerRunner(c.image, gpus=str(c.gpus), shm_size=c.shm_size, ipc=c.ipc or None,
-                            require_digest=c.require_digest, pull=c.pull)
+            raise RunnerError(
+                "runner.kind is docker but container.image is not set (valid form: name:tag or name@sha256:...)"
+            )
+        return DockerRunner(
+            c.image,
+            gpus=str(c.gpus),
+            shm_size=c.shm_size,
+            ipc=c.ipc or None,
+            require_digest=c.require_digest,
+            pull=c.pull,
+        )
     raise RunnerError(f"runner.kind {kind!r} is not available; valid: local, docker")

@@ -54,8 +54,15 @@ class SourceSpec:
         return f"{name}@{self.rev}" if self.rev else name
 
 
-def source_spec(source: str, *, base_dir: Path, rev: str | None = None, endpoint_url: str | None = None,
-                region: str | None = None, profile: str | None = None) -> SourceSpec:
+def source_spec(
+    source: str,
+    *,
+    base_dir: Path,
+    rev: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+) -> SourceSpec:
     """Classify ``data.source``: s3://… is S3; a path with ``data.rev`` set is DVC at that rev; else local."""
     if source.startswith("s3://"):
         if rev:
@@ -121,8 +128,9 @@ class StagedDataset:
         return dest
 
 
-def stage_dataset(spec: SourceSpec, cache: StageCache, *, verify: bool = False, workers: int = 32,
-                  progress: Progress | None = None) -> StagedDataset:
+def stage_dataset(
+    spec: SourceSpec, cache: StageCache, *, verify: bool = False, workers: int = 32, progress: Progress | None = None
+) -> StagedDataset:
     """Stage ``spec`` into ``cache`` (or return the verified copy already there)."""
     started = time.monotonic()
     cache.ensure_root()
@@ -193,8 +201,9 @@ _Item = tuple[str, int, object, str | None, bytes | None]
 def _local_items(source: Path, listing: list[tuple[str, int, int]], plan: LocalPlan | None) -> list[_Item]:
     """What the staged copy holds: the folder's files, plus (see tasks.stage_plan) outside files and rewrites."""
     rewrites = plan.rewrites if plan else {}
-    items: list[_Item] = [(rel, size, mtime, str(source / rel), None) for rel, size, mtime in listing
-                          if rel not in rewrites]
+    items: list[_Item] = [
+        (rel, size, mtime, str(source / rel), None) for rel, size, mtime in listing if rel not in rewrites
+    ]
     if plan:
         for src, rel in plan.external:
             try:
@@ -211,8 +220,10 @@ def _dataset_yaml(source: Path, relpaths: list[str], spec: SourceSpec) -> str:
     """The dataset yaml's relpath in a local source; DataSourceError (nothing staged) when there is not exactly one."""
     if spec.yaml:
         if spec.yaml not in relpaths:
-            raise DataSourceError(f"{spec.display}: {source / spec.yaml} does not exist (valid form: a dataset "
-                                  f"yaml file, or a folder holding one); nothing was staged")
+            raise DataSourceError(
+                f"{spec.display}: {source / spec.yaml} does not exist (valid form: a dataset "
+                f"yaml file, or a folder holding one); nothing was staged"
+            )
         return spec.yaml
     try:
         return find_dataset_yaml(source).relative_to(source).as_posix()
@@ -245,7 +256,9 @@ def _list_local(source: Path) -> list[tuple[str, int, int]]:
                 raise DataSourceError(f"cannot read {full}: {exc.strerror} (a broken link?)") from None
             out.append((check_relpath(rel, str(source)), st.st_size, st.st_mtime_ns))
     if errors:
-        raise DataSourceError(f"cannot list {errors[0].filename}: {errors[0].strerror}; check permissions or the NAS mount")
+        raise DataSourceError(
+            f"cannot list {errors[0].filename}: {errors[0].strerror}; check permissions or the NAS mount"
+        )
     if not out:
         raise DataSourceError(f"data.source {source} is empty (valid form: a folder holding data.yaml)")
     return sorted(out)
@@ -253,7 +266,9 @@ def _list_local(source: Path) -> list[tuple[str, int, int]]:
 
 def _check_link(path: Path, real_root: Path, source: Path) -> None:
     if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-        raise DataSourceError(f"{path} is a link to {path.resolve()}, outside data.source {source}; refusing to stage it")
+        raise DataSourceError(
+            f"{path} is a link to {path.resolve()}, outside data.source {source}; refusing to stage it"
+        )
 
 
 def _hash_listing(source: Path, listing: list[tuple[str, int, int]]) -> Manifest:
@@ -322,7 +337,9 @@ def _stage_dvc_rev(spec: SourceSpec, cache: StageCache, verify: bool) -> StagedD
 # ---------------------------------------------------------------------- S3
 
 
-def _stage_s3(spec: SourceSpec, cache: StageCache, verify: bool, workers: int, progress: Progress | None) -> StagedDataset:
+def _stage_s3(
+    spec: SourceSpec, cache: StageCache, verify: bool, workers: int, progress: Progress | None
+) -> StagedDataset:
     from tasks.adapters.s3 import S3Client, parse_s3_url
 
     loc = parse_s3_url(spec.location)
@@ -377,8 +394,10 @@ def _require_dataset_yaml(relpaths: list[str], spec: SourceSpec) -> None:
     """Refuse before copying anything when the source holds no dataset yaml at its top."""
     if spec.yaml:
         if spec.yaml not in relpaths:
-            raise DataSourceError(f"{spec.display}: {spec.yaml} is not in the source (valid form: a dataset yaml "
-                                  f"file, or a folder or prefix holding one); nothing was staged")
+            raise DataSourceError(
+                f"{spec.display}: {spec.yaml} is not in the source (valid form: a dataset yaml "
+                f"file, or a folder or prefix holding one); nothing was staged"
+            )
         return
     if not any("/" not in rel and rel.lower().endswith(YAML_SUFFIXES) for rel in relpaths):
         raise DataSourceError(
@@ -415,8 +434,10 @@ def _dvc_sync_note(source: Path, md5: str | None) -> tuple[str, ...]:
     tracked = dvc_file_md5(dvc_file) if dvc_file.exists() else None
     if tracked is None or md5 is None or tracked == md5:
         return ()
-    return (f"{source} differs from {dvc_file} ({tracked}); staged the working copy {md5}. "
-            f"Run `dvc add {source}` to version it, or `dvc checkout {dvc_file}` to go back",)
+    return (
+        f"{source} differs from {dvc_file} ({tracked}); staged the working copy {md5}. "
+        f"Run `dvc add {source}` to version it, or `dvc checkout {dvc_file}` to go back",
+    )
 
 
 def terminal_progress(label: str) -> Progress | None:
@@ -439,14 +460,23 @@ def stage_from_params(params: "Params", *, verify: bool | None = None, progress:
     spec = spec_from_params(params)
     cache = cache_from_params(params)
     bar = terminal_progress(label=f"staging {spec.display}") if progress else None
-    return stage_dataset(spec, cache, verify=params.stage.verify if verify is None else verify,
-                         workers=params.stage.workers, progress=bar)
+    return stage_dataset(
+        spec,
+        cache,
+        verify=params.stage.verify if verify is None else verify,
+        workers=params.stage.workers,
+        progress=bar,
+    )
 
 
 def spec_from_params(params: "Params") -> SourceSpec:
     return source_spec(
-        params.data.source, base_dir=params.base_dir, rev=params.data.rev,
-        endpoint_url=params.data.endpoint_url, region=params.data.region, profile=params.data.profile,
+        params.data.source,
+        base_dir=params.base_dir,
+        rev=params.data.rev,
+        endpoint_url=params.data.endpoint_url,
+        region=params.data.region,
+        profile=params.data.profile,
     )
 
 
@@ -467,8 +497,9 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
     spec = spec_from_params(params)
     version = cache.lookup(md5.removesuffix(".dir"))
     if version is not None:
-        return StagedDataset(version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True,
-                             yaml=spec.yaml)
+        return StagedDataset(
+            version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True, yaml=spec.yaml
+        )
     looked = [f"the stage cache {cache.root} (absent)"]
     candidates = []
     if spec.kind == "local" and commit and commit != "none":

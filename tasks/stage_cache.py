@@ -72,7 +72,9 @@ class StageCache:
                 f"stage.root {self.root} cannot be created: {exc.strerror}; set stage.root to a writable local directory"
             ) from None
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise DataSourceError(f"stage.root {self.root} is not writable; set stage.root to a writable local directory")
+            raise DataSourceError(
+                f"stage.root {self.root} is not writable; set stage.root to a writable local directory"
+            )
 
     # ------------------------------------------------------------------ lookup
 
@@ -132,7 +134,9 @@ class StageCache:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def publish(self, work: Path, key: str, manifest: Manifest, source: str, trusted: set[str] | None = None) -> Version:
+    def publish(
+        self, work: Path, key: str, manifest: Manifest, source: str, trusted: set[str] | None = None
+    ) -> Version:
         """Verify ``work`` against ``manifest`` and atomically rename it into place.
 
         ``trusted`` relpaths were hashed as they were written; only their sizes are re-checked.

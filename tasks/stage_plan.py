@@ -43,9 +43,13 @@ class LocalPlan:
     @property
     def notes(self) -> tuple[str, ...]:
         rewritten = ", ".join(sorted(self.rewrites))
-        outside = f" and {len(self.external)} files from outside the folder under {EXTERNAL_DIR}/" if self.external else ""
-        return (f"the dataset uses absolute paths or files outside its folder: the staged copy holds them{outside}, "
-                f"with {rewritten} written to point inside the copy",)
+        outside = (
+            f" and {len(self.external)} files from outside the folder under {EXTERNAL_DIR}/" if self.external else ""
+        )
+        return (
+            f"the dataset uses absolute paths or files outside its folder: the staged copy holds them{outside}, "
+            f"with {rewritten} written to point inside the copy",
+        )
 
 
 def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
@@ -62,8 +66,9 @@ def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
     splits = {split: _split_images(config, split) for split in config.splits}
     if _self_contained(config, base, splits):
         return None
-    roots = [base, os.path.normpath(str(config.root))] + [e.path for es in config.splits.values() for e in es
-                                                          if os.path.isdir(e.path)]
+    roots = [base, os.path.normpath(str(config.root))] + [
+        e.path for es in config.splits.values() for e in es if os.path.isdir(e.path)
+    ]
     names: dict[str, str] = {}
     external: dict[str, str] = {}
     rewrites: dict[str, bytes] = {}
@@ -72,9 +77,11 @@ def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
         lines = []
         for image in images:
             if not any(_inside(image, root) for root in roots):
-                raise DataSourceError(f"{config.yaml_path}: {split} names {image}, outside every folder the yaml "
-                                      f"declares ({', '.join(sorted(set(roots)))}); refusing to stage it (valid: "
-                                      f"images under the dataset folder, path: or a split folder)")
+                raise DataSourceError(
+                    f"{config.yaml_path}: {split} names {image}, outside every folder the yaml "
+                    f"declares ({', '.join(sorted(set(roots)))}); refusing to stage it (valid: "
+                    f"images under the dataset folder, path: or a split folder)"
+                )
             rel = _copy_rel(image, base, names)
             if not _inside(image, base):
                 external[image] = rel
@@ -88,7 +95,8 @@ def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
     data = {k: v for k, v in config.data.items() if k not in ("path", "validation")}
     data.update(lists)
     rewrites[config.yaml_path.relative_to(folder).as_posix()] = yaml.safe_dump(
-        data, sort_keys=False, allow_unicode=True).encode()
+        data, sort_keys=False, allow_unicode=True
+    ).encode()
     return LocalPlan(external=sorted(external.items()), rewrites=rewrites)
 
 
@@ -97,8 +105,11 @@ def _split_images(config: DatasetConfig, split: str) -> list[str]:
     images: list[str] = []
     for entry in config.splits[split]:
         if os.path.isdir(entry.path):
-            images += [f for f in glob.glob(os.path.join(glob.escape(entry.path), "**", "*.*"), recursive=True)
-                       if has_image_suffix(f)]
+            images += [
+                f
+                for f in glob.glob(os.path.join(glob.escape(entry.path), "**", "*.*"), recursive=True)
+                if has_image_suffix(f)
+            ]
         elif os.path.isfile(entry.path) and not has_image_suffix(entry.path):
             try:
                 text = Path(entry.path).read_text(encoding="utf-8-sig")
@@ -113,7 +124,11 @@ def _split_images(config: DatasetConfig, split: str) -> list[str]:
 
 def _self_contained(config: DatasetConfig, base: str, splits: dict[str, list[str]]) -> bool:
     given = config.data.get("path")
-    if isinstance(given, str) and given and (os.path.isabs(os.path.expanduser(given)) or not _inside(str(config.root), base)):
+    if (
+        isinstance(given, str)
+        and given
+        and (os.path.isabs(os.path.expanduser(given)) or not _inside(str(config.root), base))
+    ):
         return False
     for entries in config.splits.values():
         for entry in entries:

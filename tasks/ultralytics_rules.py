@@ -38,8 +38,20 @@ KEY_TYPES: dict[str, tuple[type, ...]] = {
     "names": (list, dict),
 }
 # check_det_dataset: keys it reads. Anything else in a dataset yaml is ignored by Ultralytics.
-KNOWN_KEYS: tuple[str, ...] = ("path", "train", "val", "test", "minival", "names", "nc", "download", "channels",
-                               "kpt_shape", "flip_idx", "validation")
+KNOWN_KEYS: tuple[str, ...] = (
+    "path",
+    "train",
+    "val",
+    "test",
+    "minival",
+    "names",
+    "nc",
+    "download",
+    "channels",
+    "kpt_shape",
+    "flip_idx",
+    "validation",
+)
 
 
 def label_path(image: str) -> str:

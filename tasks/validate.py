@@ -31,12 +31,24 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.dataset_yaml import DatasetConfig, SplitEntry, find_dataset_yaml, read_dataset_yaml, resolve_split
 from tasks.errors import DatasetError
+
 if TYPE_CHECKING:
     from tasks.params import Params
     from tasks.stage import StagedDataset
 
-from tasks.ultralytics_rules import (BOX_VALUES, COORD_MAX, COORD_MIN, IMG_FORMATS, MIN_IMAGE_SIDE, PIL_FORMATS,
-                                     SEGMENT_MIN_VALUES, has_image_suffix, label_path, list_line_path, polygon_box)
+from tasks.ultralytics_rules import (
+    BOX_VALUES,
+    COORD_MAX,
+    COORD_MIN,
+    IMG_FORMATS,
+    MIN_IMAGE_SIDE,
+    PIL_FORMATS,
+    SEGMENT_MIN_VALUES,
+    has_image_suffix,
+    label_path,
+    list_line_path,
+    polygon_box,
+)
 
 # A width or height at or below this (normalised) is a zero-size box: Ultralytics keeps it in
 # the label cache, then its augmentation drops it (box_candidates), so it never trains.
@@ -97,16 +109,24 @@ class ValidationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], cached: bool = False) -> ValidationReport:
-        return cls(root=Path(data["root"]), nc=int(data["nc"]), names=list(data["names"]),
-                   splits={k: SplitStats(**v) for k, v in data["splits"].items()}, problems=list(data["problems"]),
-                   warnings=list(data.get("warnings", [])), yaml=str(data.get("yaml", "")), cached=cached)
+        return cls(
+            root=Path(data["root"]),
+            nc=int(data["nc"]),
+            names=list(data["names"]),
+            splits={k: SplitStats(**v) for k, v in data["splits"].items()},
+            problems=list(data["problems"]),
+            warnings=list(data.get("warnings", [])),
+            yaml=str(data.get("yaml", "")),
+            cached=cached,
+        )
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def validate_dataset(root: Path | str, *, strict: bool = False, confine: bool = False,
-                     max_listed: int = 20) -> ValidationReport:
+def validate_dataset(
+    root: Path | str, *, strict: bool = False, confine: bool = False, max_listed: int = 20
+) -> ValidationReport:
     """Check the dataset at ``root`` (a folder holding one dataset yaml, or the yaml) and report every finding.
 
     ``strict``: an image without a label file is an error instead of a background image.
@@ -133,15 +153,18 @@ def validate_dataset(root: Path | str, *, strict: bool = False, confine: bool = 
     for split, entries in config.splits.items():
         key = tuple(sorted(e.path for e in entries))
         if key in seen:
-            warnings.append(f"{config.where(entries[0].line)}: {split} names the same images as {seen[key]}; "
-                            f"its metrics will not tell how the model does on unseen images")
+            warnings.append(
+                f"{config.where(entries[0].line)}: {split} names the same images as {seen[key]}; "
+                f"its metrics will not tell how the model does on unseen images"
+            )
         seen.setdefault(key, split)
         stats[split] = checker.check_split(split, entries)
     return ValidationReport(source, config.nc, list(config.names), stats, problems, warnings, yaml=yaml_path.name)
 
 
-def ensure_valid(root: Path | str, *, max_listed: int = 20, label: str | None = None, strict: bool = False,
-                 confine: bool = False) -> ValidationReport:
+def ensure_valid(
+    root: Path | str, *, max_listed: int = 20, label: str | None = None, strict: bool = False, confine: bool = False
+) -> ValidationReport:
     """Validate and return the report, or raise :class:`DatasetError` listing the problems.
 
     ``label`` names the dataset in the message (e.g. its source, when ``root`` is a staged copy).
@@ -150,8 +173,15 @@ def ensure_valid(root: Path | str, *, max_listed: int = 20, label: str | None = 
     return _raise_on_problems(report, label or str(root), max_listed)
 
 
-def validate_cached(root: Path | str, *, version: str, cache_dir: Path, label: str | None = None,
-                    strict: bool = False, max_listed: int = 20) -> ValidationReport:
+def validate_cached(
+    root: Path | str,
+    *,
+    version: str,
+    cache_dir: Path,
+    label: str | None = None,
+    strict: bool = False,
+    max_listed: int = 20,
+) -> ValidationReport:
     """:func:`ensure_valid` on a staged copy, remembered per data version (``version``: its md5).
 
     The cache key also holds the rules (this module's code and the pinned Ultralytics facts)
@@ -166,8 +196,7 @@ def validate_cached(root: Path | str, *, version: str, cache_dir: Path, label: s
             return report
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    report = _raise_on_problems(validate_dataset(root, strict=strict, confine=True),
-                                label or str(root), max_listed)
+    report = _raise_on_problems(validate_dataset(root, strict=strict, confine=True), label or str(root), max_listed)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -183,8 +212,14 @@ def validate_staged(params: Params, staged: StagedDataset, *, max_listed: int = 
     from tasks.stage import cache_from_params
 
     cache_dir = cache_from_params(params).root / ".validated"
-    return validate_cached(staged.yaml_path, version=staged.md5, cache_dir=cache_dir, label=staged.source,
-                           strict=params.validate.strict, max_listed=max_listed)
+    return validate_cached(
+        staged.yaml_path,
+        version=staged.md5,
+        cache_dir=cache_dir,
+        label=staged.source,
+        strict=params.validate.strict,
+        max_listed=max_listed,
+    )
 
 
 def format_problems(problems: list[str], max_listed: int = 20) -> str:
@@ -208,8 +243,10 @@ def _format_lines(items: list[str], max_listed: int, noun: str) -> str:
 def _raise_on_problems(report: ValidationReport, label: str, max_listed: int) -> ValidationReport:
     if not report.ok:
         count = len(report.problems)
-        message = (f"dataset {label} has {count} problem{'' if count == 1 else 's'} (nothing was trained):\n"
-                   + format_problems(report.problems, max_listed))
+        message = (
+            f"dataset {label} has {count} problem{'' if count == 1 else 's'} (nothing was trained):\n"
+            + format_problems(report.problems, max_listed)
+        )
         raise DatasetError(message, report.problems)
     return report
 
@@ -239,8 +276,9 @@ class _LabelResult:
 class _Checker:
     """Checks the splits of one dataset; collects problems and warnings in order."""
 
-    def __init__(self, config: DatasetConfig, base: str, strict: bool, problems: list[str],
-                 warnings: list[str]) -> None:
+    def __init__(
+        self, config: DatasetConfig, base: str, strict: bool, problems: list[str], warnings: list[str]
+    ) -> None:
         self.config, self.base, self.strict = config, base, strict
         self.problems, self.warnings = problems, warnings
         self.confined: str | None = None
@@ -264,24 +302,31 @@ class _Checker:
         for entry in entries:
             shown = self.rel(entry.path)
             if self._outside(entry.path):
-                self.problems.append(f"{where}: {split}: {entry.given} resolves to {entry.path}, outside the dataset "
-                                     f"folder {self.confined} (valid: a path inside it)")
+                self.problems.append(
+                    f"{where}: {split}: {entry.given} resolves to {entry.path}, outside the dataset "
+                    f"folder {self.confined} (valid: a path inside it)"
+                )
             elif os.path.isdir(entry.path):
                 dirs.append(entry.path)
                 images += self._list_dir(split, entry.path)
             elif os.path.isfile(entry.path):
                 if has_image_suffix(entry.path):
-                    self.problems.append(f"{where}: {split}: {entry.given} is an image file (valid: a folder of "
-                                         f"images or a .txt list of image paths)")
+                    self.problems.append(
+                        f"{where}: {split}: {entry.given} is an image file (valid: a folder of "
+                        f"images or a .txt list of image paths)"
+                    )
                 else:
                     images += self._read_list(entry.path)
             else:
                 hint = ""
                 if entry.given != entry.given.strip() and os.path.exists(
-                        resolve_split(self.config.root, entry.given.strip(), roboflow=True)):
+                    resolve_split(self.config.root, entry.given.strip(), roboflow=True)
+                ):
                     hint = f"; {entry.given.strip()!r} without the surrounding spaces exists"
-                self.problems.append(f"{where}: {split}: {entry.given!r} does not exist ({shown}){hint} (valid: a "
-                                     f"folder or .txt list, relative to the dataset root {self.rel(str(self.config.root))})")
+                self.problems.append(
+                    f"{where}: {split}: {entry.given!r} does not exist ({shown}){hint} (valid: a "
+                    f"folder or .txt list, relative to the dataset root {self.rel(str(self.config.root))})"
+                )
         return sorted(images), dirs
 
     def _list_dir(self, split: str, directory: str) -> list[str]:
@@ -290,10 +335,12 @@ class _Checker:
         labels = {label_path(f) for f in images}
         stray = sorted(f for f in files if f not in labels and not has_image_suffix(f) and os.path.isfile(f))
         if stray:
-            self.warnings.append(f"{self.rel(directory)}: {_count(len(stray), 'file')} in the {split} folder "
-                                 f"{'are' if len(stray) > 1 else 'is'} not images and will not train "
-                                 f"({_examples([self.rel(f) for f in stray])}; image extensions: "
-                                 f"{', '.join(sorted(IMG_FORMATS))})")
+            self.warnings.append(
+                f"{self.rel(directory)}: {_count(len(stray), 'file')} in the {split} folder "
+                f"{'are' if len(stray) > 1 else 'is'} not images and will not train "
+                f"({_examples([self.rel(f) for f in stray])}; image extensions: "
+                f"{', '.join(sorted(IMG_FORMATS))})"
+            )
         return images
 
     def _read_list(self, list_file: str) -> list[str]:
@@ -313,22 +360,29 @@ class _Checker:
             where = f"{shown}:{number}"
             if not has_image_suffix(line):
                 if has_image_suffix(line.strip()):
-                    self.problems.append(f"{where}: {line!r} has spaces around the path; Ultralytics reads them as "
-                                         f"part of the name and skips the image (valid: the path alone)")
+                    self.problems.append(
+                        f"{where}: {line!r} has spaces around the path; Ultralytics reads them as "
+                        f"part of the name and skips the image (valid: the path alone)"
+                    )
                 else:
-                    self.problems.append(f"{where}: {line!r} is not an image path; Ultralytics skips it (valid: one "
-                                         f"image per line with an extension of {', '.join(sorted(IMG_FORMATS))})")
+                    self.problems.append(
+                        f"{where}: {line!r} is not an image path; Ultralytics skips it (valid: one "
+                        f"image per line with an extension of {', '.join(sorted(IMG_FORMATS))})"
+                    )
                 continue
             path = list_line_path(line, list_file)
             if not os.path.isabs(path):
-                self.problems.append(f"{where}: {line!r} is relative to the working directory for Ultralytics, which "
-                                     f"differs between machines (valid: ./{line} relative to this list, or an "
-                                     f"absolute path)")
+                self.problems.append(
+                    f"{where}: {line!r} is relative to the working directory for Ultralytics, which "
+                    f"differs between machines (valid: ./{line} relative to this list, or an "
+                    f"absolute path)"
+                )
                 continue
             path = os.path.normpath(path)
             if self._outside(path):
-                self.problems.append(f"{where}: {line} is outside the dataset folder {self.confined} (valid: a path "
-                                     f"inside it)")
+                self.problems.append(
+                    f"{where}: {line} is outside the dataset folder {self.confined} (valid: a path inside it)"
+                )
                 continue
             images.append(path)
         return images
@@ -341,14 +395,17 @@ class _Checker:
         images, dirs = self.list_images(split, entries)
         if not images:
             if len(self.problems) == before:
-                self.problems.append(f"{where}: {split} split has no images (valid extensions: "
-                                     f"{', '.join(sorted(IMG_FORMATS))})")
+                self.problems.append(
+                    f"{where}: {split} split has no images (valid extensions: {', '.join(sorted(IMG_FORMATS))})"
+                )
             return SplitStats(0, 0, 0, 0)
         unique = sorted(set(images))
         if len(unique) < len(images):
             repeats = len(images) - len(unique)
-            self.warnings.append(f"{where}: {split} lists {repeats} image{'s' if repeats > 1 else ''} more than once; "
-                                 f"Ultralytics trains every copy (first: {self._first_repeat(images)})")
+            self.warnings.append(
+                f"{where}: {split} lists {repeats} image{'s' if repeats > 1 else ''} more than once; "
+                f"Ultralytics trains every copy (first: {self._first_repeat(images)})"
+            )
         results = _check_pairs(unique, self.base, self.config.nc)
         claimed: dict[str, str] = {}
         labels = boxes = backgrounds = missing = polygons = 0
@@ -359,9 +416,11 @@ class _Checker:
                 self.problems.append(f"{self.rel(image)}: {image_problem}")
             lb = label_path(image)
             if lb in claimed:
-                self.problems.append(f"{self.rel(image)}: shares label file {self.rel(lb)} with "
-                                     f"{self.rel(claimed[lb])}; Ultralytics gives both images the same boxes (valid: "
-                                     f"image file names unique up to the extension)")
+                self.problems.append(
+                    f"{self.rel(image)}: shares label file {self.rel(lb)} with "
+                    f"{self.rel(claimed[lb])}; Ultralytics gives both images the same boxes (valid: "
+                    f"image file names unique up to the extension)"
+                )
                 continue
             claimed[lb] = image
             if label.missing:
@@ -379,9 +438,11 @@ class _Checker:
         self._orphans(split, dirs, claimed)
         self._summarise(split, where, len(unique), missing, polygons, duplicates, tolerated)
         if boxes == 0 and len(self.problems) == before:
-            message = (f"{where}: the {split} split has no boxes at all "
-                       + ("(nothing to learn)" if split == "train" else "(its mAP would be 0 and best.pt meaningless)")
-                       + f" (valid: label files under labels/ beside images/ with lines '{_BOX_FORM}')")
+            message = (
+                f"{where}: the {split} split has no boxes at all "
+                + ("(nothing to learn)" if split == "train" else "(its mAP would be 0 and best.pt meaningless)")
+                + f" (valid: label files under labels/ beside images/ with lines '{_BOX_FORM}')"
+            )
             (self.warnings if split == "test" else self.problems).append(message)
         return SplitStats(len(unique), labels, boxes, backgrounds, missing, polygons, len(duplicates))
 
@@ -399,20 +460,26 @@ class _Checker:
         folder = os.path.dirname(image)
         parts = image.split(os.sep)
         last = max((i for i, p in enumerate(parts[:-1]) if p.lower() == "images"), default=None)
-        renamed = os.sep.join(parts[:last] + ["labels"] + parts[last + 1:]) if last is not None else image
-        candidates = [os.path.splitext(renamed)[0] + ".txt",
-                      os.path.join(os.path.dirname(folder), "labels", stem + ".txt"),
-                      os.path.join(folder, stem + ".txt"),
-                      os.path.join(os.path.dirname(folder), "labels", os.path.basename(folder), stem + ".txt")]
+        renamed = os.sep.join(parts[:last] + ["labels"] + parts[last + 1 :]) if last is not None else image
+        candidates = [
+            os.path.splitext(renamed)[0] + ".txt",
+            os.path.join(os.path.dirname(folder), "labels", stem + ".txt"),
+            os.path.join(folder, stem + ".txt"),
+            os.path.join(os.path.dirname(folder), "labels", os.path.basename(folder), stem + ".txt"),
+        ]
         misplaced = next((c for c in candidates if c != expected and os.path.isfile(c)), None)
         if misplaced:
-            self.problems.append(f"{self.rel(image)}: its labels are at {self.rel(misplaced)}, but Ultralytics reads "
-                                 f"{self.rel(expected)} (the last /images/ in the path becomes /labels/) and would "
-                                 f"train this image as a background (valid: images/<split>/x.jpg with "
-                                 f"labels/<split>/x.txt)")
+            self.problems.append(
+                f"{self.rel(image)}: its labels are at {self.rel(misplaced)}, but Ultralytics reads "
+                f"{self.rel(expected)} (the last /images/ in the path becomes /labels/) and would "
+                f"train this image as a background (valid: images/<split>/x.jpg with "
+                f"labels/<split>/x.txt)"
+            )
         elif self.strict:
-            self.problems.append(f"{self.rel(image)}: no label file {self.rel(expected)} (validate.strict is on; "
-                                 f"add an empty {self.rel(expected)} to mark a background image)")
+            self.problems.append(
+                f"{self.rel(image)}: no label file {self.rel(expected)} (validate.strict is on; "
+                f"add an empty {self.rel(expected)} to mark a background image)"
+            )
 
     def _orphans(self, split: str, dirs: list[str], claimed: dict[str, str]) -> None:
         """Label files in a split folder's label folder without their image: the image was lost."""
@@ -422,25 +489,43 @@ class _Checker:
                 continue
             for path in sorted(glob.glob(os.path.join(glob.escape(label_dir), "**", "*.txt"), recursive=True)):
                 if path not in claimed:
-                    self.problems.append(f"{self.rel(path)}: label file without a matching image in the {split} split "
-                                         f"(Ultralytics ignores it; remove the label or add the image)")
+                    self.problems.append(
+                        f"{self.rel(path)}: label file without a matching image in the {split} split "
+                        f"(Ultralytics ignores it; remove the label or add the image)"
+                    )
 
-    def _summarise(self, split: str, where: str, images: int, missing: int, polygons: int, duplicates: list[str],
-                   tolerated: list[str]) -> None:
+    def _summarise(
+        self,
+        split: str,
+        where: str,
+        images: int,
+        missing: int,
+        polygons: int,
+        duplicates: list[str],
+        tolerated: list[str],
+    ) -> None:
         if missing and not self.strict:
-            self.warnings.append(f"{split}: {missing} of {images} images ({100 * missing / images:.1f} %) have no "
-                                 f"label file and train as background images, as in Ultralytics (set "
-                                 f"validate.strict: true to refuse this)")
+            self.warnings.append(
+                f"{split}: {missing} of {images} images ({100 * missing / images:.1f} %) have no "
+                f"label file and train as background images, as in Ultralytics (set "
+                f"validate.strict: true to refuse this)"
+            )
         if polygons:
-            self.warnings.append(f"{split}: {_count(polygons, 'segmentation polygon')} converted to "
-                                 f"{'their enclosing boxes' if polygons > 1 else 'its enclosing box'}, as Ultralytics "
-                                 f"does for detection")
+            self.warnings.append(
+                f"{split}: {_count(polygons, 'segmentation polygon')} converted to "
+                f"{'their enclosing boxes' if polygons > 1 else 'its enclosing box'}, as Ultralytics "
+                f"does for detection"
+            )
         if duplicates:
-            self.warnings.append(f"{split}: {_count(len(duplicates), 'repeated label row')} that Ultralytics drops "
-                                 f"({_examples(duplicates)})")
+            self.warnings.append(
+                f"{split}: {_count(len(duplicates), 'repeated label row')} that Ultralytics drops "
+                f"({_examples(duplicates)})"
+            )
         if tolerated:
-            self.warnings.append(f"{split}: {_count(len(tolerated), 'coordinate')} slightly outside [0, 1], within "
-                                 f"Ultralytics' 1 % tolerance; it clips them ({_examples(tolerated)})")
+            self.warnings.append(
+                f"{split}: {_count(len(tolerated), 'coordinate')} slightly outside [0, 1], within "
+                f"Ultralytics' 1 % tolerance; it clips them ({_examples(tolerated)})"
+            )
 
 
 def _count(n: int, noun: str) -> str:
@@ -469,7 +554,7 @@ def _check_pairs(images: list[str], base: str, nc: int) -> list[tuple[str | None
     from concurrent.futures import ProcessPoolExecutor
 
     size = -(-len(images) // (workers * 4))
-    chunks = [images[i:i + size] for i in range(0, len(images), size)]
+    chunks = [images[i : i + size] for i in range(0, len(images), size)]
     # spawn, not fork: the flow process runs Prefect's threads, which a fork would copy
     # mid-lock. A spawned worker re-runs the parent's __main__ (a Prefect worker, a script,
     # or nothing importable at all, like stdin); it needs only this module, so it gets none.
@@ -491,8 +576,9 @@ def _check_pair(image: str, base: str, nc: int) -> tuple[str | None, _LabelResul
     problem = _check_image(image)
     lb = label_path(image)
     if os.path.isdir(lb):
-        return problem, _LabelResult(problems=[f"{_rel(lb, base)}: is a folder, not a label file (valid: a .txt "
-                                               f"file with lines '{_BOX_FORM}')"])
+        return problem, _LabelResult(
+            problems=[f"{_rel(lb, base)}: is a folder, not a label file (valid: a .txt file with lines '{_BOX_FORM}')"]
+        )
     if not os.path.isfile(lb):
         return problem, _LabelResult(missing=True)
     return problem, _check_label(lb, _rel(lb, base), nc)
@@ -543,8 +629,10 @@ def _check_image(path: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any decoder failure means a broken image
         return f"image does not decode: {exc} (re-export or remove it)"
     if fmt not in PIL_FORMATS:
-        return (f"is a {fmt.upper() or 'unknown'} file; Ultralytics skips that format (valid: "
-                f"{', '.join(sorted(IMG_FORMATS))})")
+        return (
+            f"is a {fmt.upper() or 'unknown'} file; Ultralytics skips that format (valid: "
+            f"{', '.join(sorted(IMG_FORMATS))})"
+        )
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
         return f"image is {width}x{height} pixels; Ultralytics needs at least {MIN_IMAGE_SIDE} on each side"
     if fmt == "jpeg":
@@ -555,8 +643,10 @@ def _check_image(path: str) -> str | None:
         except OSError as exc:
             return f"cannot be read: {exc}"
         if tail != b"\xff\xd9":
-            return ("JPEG is truncated or has bytes after its end: it does not end with the end-of-image "
-                    "marker (Ultralytics drops such an image, or rewrites it in place; re-export it)")
+            return (
+                "JPEG is truncated or has bytes after its end: it does not end with the end-of-image "
+                "marker (Ultralytics drops such an image, or rewrites it in place; re-export it)"
+            )
     return None
 
 
@@ -581,8 +671,10 @@ def _check_label(path: str, rel: str, nc: int) -> _LabelResult:
     if segments and any(len(fields) == BOX_VALUES for _n, fields in rows):
         n_box = next(n for n, fields in rows if len(fields) == BOX_VALUES)
         n_seg = next(n for n, fields in rows if len(fields) > BOX_VALUES + 1)
-        result.problems.append(f"{rel}:{n_box}: a box row in a file with polygon rows (line {n_seg}); Ultralytics "
-                               f"drops the whole image (valid: boxes only, or polygons only)")
+        result.problems.append(
+            f"{rel}:{n_box}: a box row in a file with polygon rows (line {n_seg}); Ultralytics "
+            f"drops the whole image (valid: boxes only, or polygons only)"
+        )
         return result
     seen: dict[object, int] = {}
     for number, fields in rows:
@@ -604,12 +696,13 @@ def _check_label(path: str, rel: str, nc: int) -> _LabelResult:
 def _parse_row(fields: list[str], where: str, segments: bool, nc: int, result: _LabelResult) -> list[float] | None:
     count = len(fields)
     if segments and (count < SEGMENT_MIN_VALUES or (count - 1) % 2):
-        result.problems.append(f"{where}: polygon with {count - 1} coordinates; Ultralytics drops the whole image "
-                               f"(valid: class and an even number of coordinates, at least 3 points)")
+        result.problems.append(
+            f"{where}: polygon with {count - 1} coordinates; Ultralytics drops the whole image "
+            f"(valid: class and an even number of coordinates, at least 3 points)"
+        )
         return None
     if not segments and count != BOX_VALUES:
-        result.problems.append(f"{where}: {count} values, expected 5; Ultralytics drops the whole image "
-                               f"({_BOX_FORM})")
+        result.problems.append(f"{where}: {count} values, expected 5; Ultralytics drops the whole image ({_BOX_FORM})")
         return None
     try:
         values = _float32(fields).tolist()  # Ultralytics reads labels as float32
@@ -629,28 +722,36 @@ def _parse_row(fields: list[str], where: str, segments: bool, nc: int, result: _
         result.problems.append(f"{where}: class id {int(cls)} >= nc {nc} (valid: 0..{nc - 1})")
         ok = False
     coords = values[1:]
-    nonfinite = [f"{_FIELD_NAMES[i] if not segments else 'coordinate'}={f}" for i, f in enumerate(fields[1:])
-                 if not math.isfinite(float(f))]
+    nonfinite = [
+        f"{_FIELD_NAMES[i] if not segments else 'coordinate'}={f}"
+        for i, f in enumerate(fields[1:])
+        if not math.isfinite(float(f))
+    ]
     if nonfinite:
-        result.problems.append(f"{where}: {', '.join(nonfinite)} not a finite number; Ultralytics drops the whole image "
-                               f"(valid: coordinates normalised to 0..1)")
+        result.problems.append(
+            f"{where}: {', '.join(nonfinite)} not a finite number; Ultralytics drops the whole image "
+            f"(valid: coordinates normalised to 0..1)"
+        )
         return None
     # Ultralytics checks the box, also when it came from a polygon.
     box = _float32(polygon_box(coords)).tolist() if segments else coords
-    outside = [(_FIELD_NAMES[i], v) for i, v in enumerate(box)
-               if v > COORD_MAX or v < COORD_MIN or (i >= 2 and v < 0)]
+    outside = [(_FIELD_NAMES[i], v) for i, v in enumerate(box) if v > COORD_MAX or v < COORD_MIN or (i >= 2 and v < 0)]
     if outside:
         shown = ", ".join(f"{n}={v:g}" for n, v in outside)
         shown += " of the polygon's box" if segments else ""
-        result.problems.append(f"{where}: {shown} outside [0, 1] beyond Ultralytics' 1 % tolerance; it drops the "
-                               f"whole image (valid: coordinates normalised by image width/height to 0..1)")
+        result.problems.append(
+            f"{where}: {shown} outside [0, 1] beyond Ultralytics' 1 % tolerance; it drops the "
+            f"whole image (valid: coordinates normalised by image width/height to 0..1)"
+        )
         return None
     if any(v > 1 or v < 0 for v in box):
         result.tolerated.append(where)
     if box[2] <= MIN_BOX_SIZE or box[3] <= MIN_BOX_SIZE:
-        result.problems.append(f"{where}: zero-size box (width {box[2]:g}, height {box[3]:g}); Ultralytics' "
-                               f"augmentation drops it, so it never trains (valid: width and height above "
-                               f"{MIN_BOX_SIZE:g})")
+        result.problems.append(
+            f"{where}: zero-size box (width {box[2]:g}, height {box[3]:g}); Ultralytics' "
+            f"augmentation drops it, so it never trains (valid: width and height above "
+            f"{MIN_BOX_SIZE:g})"
+        )
         return None
     return [cls, *box] if ok else None
 

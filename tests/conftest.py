@@ -72,10 +72,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     cmd = [
-        str(VENV_BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     uri = f"http://127.0.0.1:{port}"
     with serving(cmd, f"{uri}/health", root / "server.log"):
@@ -97,12 +105,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(prefect_env(root))
-    env.update({
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        "PREFECT_UI_ENABLED": "false",
-        # The scheduler creates runs of new schedules every few seconds instead of every minute.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
-    })
+    env.update(
+        {
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+            "PREFECT_UI_ENABLED": "false",
+            # The scheduler creates runs of new schedules every few seconds instead of every minute.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
+        }
+    )
     cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     api = f"http://127.0.0.1:{port}/api"
     with serving(cmd, f"{api}/health", root / "server.log", env):
@@ -152,15 +162,24 @@ def yolo_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def write_params(path: Path, data_source: Path, *, tracking_uri: str | None, experiment: str,
-                 stage_root: Path, **train: object) -> Path:
+def write_params(
+    path: Path, data_source: Path, *, tracking_uri: str | None, experiment: str, stage_root: Path, **train: object
+) -> Path:
     """A params.yaml for fast CPU runs: yolo11n from scratch at imgsz 64."""
     params = {
         "data": {"source": str(data_source)},
         "stage": {"root": str(stage_root)},
         "train": {
-            "model": "yolo11n.yaml", "epochs": 2, "imgsz": 64, "batch": 8, "device": "cpu",
-            "workers": 0, "seed": 0, "deterministic": True, "plots": True, **train,
+            "model": "yolo11n.yaml",
+            "epochs": 2,
+            "imgsz": 64,
+            "batch": 8,
+            "device": "cpu",
+            "workers": 0,
+            "seed": 0,
+            "deterministic": True,
+            "plots": True,
+            **train,
         },
         "runner": {"kind": "local"},
         "tracking": {"uri": tracking_uri, "experiment": experiment},
@@ -169,14 +188,26 @@ def write_params(path: Path, data_source: Path, *, tracking_uri: str | None, exp
     return path
 
 
-def flow_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: str, tiny_dataset: Path,
-                experiment: str, **train: object) -> Path:
+def flow_params(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mlflow_server: str,
+    tiny_dataset: Path,
+    experiment: str,
+    **train: object,
+) -> Path:
     """A copy of the tiny dataset and a params.yaml for a quick in-process flow run (imgsz 32, no plots)."""
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    return write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment=experiment,
-                        stage_root=tmp_path / "stage", **{"imgsz": 32, "plots": False, **train})
+    return write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment=experiment,
+        stage_root=tmp_path / "stage",
+        **{"imgsz": 32, "plots": False, **train},
+    )
 
 
 def copy_dataset(src: Path, dest: Path) -> Path:

@@ -13,7 +13,9 @@ def test_compose_stack_has_tracking_orchestration_and_storage_without_inline_sec
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = compose["services"]
     assert {"mlflow", "prefect", "minio", "postgres"} <= set(services)
-    assert any("5000" in p for p in services["mlflow"]["ports"]) and any("4200" in p for p in services["prefect"]["ports"])
+    assert any("5000" in p for p in services["mlflow"]["ports"]) and any(
+        "4200" in p for p in services["prefect"]["ports"]
+    )
     text = (REPO / "docker" / "compose.yaml").read_text()
     for line in text.splitlines():
         m = re.search(r"(PASSWORD|SECRET_ACCESS_KEY|ROOT_PASSWORD)\s*[:=]\s*(\S+)", line)

@@ -34,17 +34,16 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _repro(repo: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run([str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
-    tmp_path: Path, mlflow_server: str
-) -> None:
+def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(tmp_path: Path, mlflow_server: str) -> None:
     repo = tmp_path / "clone"
     repo.mkdir()
     for name in PROJECT_FILES:
@@ -60,9 +59,15 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     generate_demo_dataset(repo / "data" / "demo", TINY)
 
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server,
-           "PREFECT_HOME": str(tmp_path / "prefect"), "CI": "true", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(repo)}  # run the clone's code, so its commit is the code commit
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "CI": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(repo),
+    }  # run the clone's code, so its commit is the code commit
     env.pop("PYTEST_CURRENT_TEST", None)
     _git(repo, "init", "-q", "-b", "main")
     subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
@@ -75,8 +80,14 @@ def test_dvc_repro_runs_all_then_nothing_then_only_what_a_param_touches(
         assert f"Running stage '{stage}'" in first, first[-3000:]
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and "mAP50" in metrics
-    shown = subprocess.run([str(VENV_BIN / "dvc"), "metrics", "show", "--json"], cwd=repo, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [str(VENV_BIN / "dvc"), "metrics", "show", "--json"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert '"mAP50"' in shown and '"mAP50-95"' in shown, shown
     run = json.loads((repo / "runs" / "dvc" / "run.json").read_text())
     record = Tracker(mlflow_server).get_run(run["run_id"])

@@ -34,11 +34,29 @@ def test_every_module_imports_from_the_installed_wheel(tmp_path: Path) -> None:
     for package in ("tasks", "flows"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(src)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-                    *map(str, wheels.glob("trainyard-*.whl"))], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            *map(str, wheels.glob("trainyard-*.whl")),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     modules = _modules()
     assert "tasks.adapters.s3" in modules and "tasks.job" in modules
     # -S: no site processing, so the editable install of this checkout (a .pth hook) is not on the path;

@@ -15,8 +15,13 @@ from typing import Any
 
 import pytest
 
-from flows.pools import (POOLS_DIR, check_kubernetes_template, load_template, render_docker_create_kwargs,
-                         render_kubernetes_job)
+from flows.pools import (
+    POOLS_DIR,
+    check_kubernetes_template,
+    load_template,
+    render_docker_create_kwargs,
+    render_kubernetes_job,
+)
 from tasks.errors import DeploymentError
 
 K8S = POOLS_DIR / "kubernetes-gpu.json"
@@ -30,8 +35,10 @@ def _pod(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["spec"]["template"]["spec"]
 
 
-@pytest.mark.parametrize("path, worker", [(K8S, "prefect_kubernetes.worker:KubernetesWorker"),
-                                          (DOCKER, "prefect_docker.worker:DockerWorker")])
+@pytest.mark.parametrize(
+    "path, worker",
+    [(K8S, "prefect_kubernetes.worker:KubernetesWorker"), (DOCKER, "prefect_docker.worker:DockerWorker")],
+)
 def test_templates_keep_every_variable_and_setting_of_the_workers_default(path: Any, worker: str) -> None:
     import importlib
 
@@ -86,7 +93,9 @@ def test_kubernetes_two_gpus_on_a_node_with_a_local_ssd() -> None:
 
 
 def test_kubernetes_tmpfs_stage_is_an_emptydir_in_memory() -> None:
-    manifest = check_kubernetes_template(load_template(K8S), {"stage_empty_dir": {"medium": "Memory", "sizeLimit": "64Gi"}})
+    manifest = check_kubernetes_template(
+        load_template(K8S), {"stage_empty_dir": {"medium": "Memory", "sizeLimit": "64Gi"}}
+    )
     stage = next(v for v in _pod(manifest)["volumes"] if v["name"] == "stage")
     assert stage["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
 
@@ -98,7 +107,9 @@ def test_a_host_path_without_dropping_the_emptydir_is_refused() -> None:
 
 def test_job_variable_typos_and_wrong_types_are_refused_before_rendering() -> None:
     template = load_template(K8S)
-    with pytest.raises(DeploymentError, match="job variable 'gpu' is not a variable of this work pool; did you mean 'gpus'"):
+    with pytest.raises(
+        DeploymentError, match="job variable 'gpu' is not a variable of this work pool; did you mean 'gpus'"
+    ):
         check_kubernetes_template(template, {"gpu": 2})
     with pytest.raises(DeploymentError, match="Validation failed for field 'gpus'"):
         check_kubernetes_template(template, {"gpus": "two"})
@@ -131,15 +142,20 @@ def test_docker_gpus_shm_and_stage_volume_reach_the_docker_sdk_arguments() -> No
     assert kwargs["environment"]["PREFECT_API_URL"] == "http://prefect.internal:4200/api"
 
     host = _docker_py_host_config(kwargs)
-    assert host["DeviceRequests"] == [{"Driver": "nvidia", "Count": -1, "DeviceIDs": [],
-                                       "Capabilities": [["gpu"]], "Options": {}}]
+    assert host["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
     assert host["ShmSize"] == 8 * 1024**3
     assert {"Name": "memlock", "Soft": -1, "Hard": -1} in host["Ulimits"]
 
 
 def test_docker_selected_gpus_and_host_ipc_for_multi_gpu() -> None:
-    variables = {**REMOTE_API, "ipc_mode": "host", "shm_size": None,
-                 "device_requests": [{"driver": "nvidia", "device_ids": ["0", "1"], "capabilities": [["gpu"]]}]}
+    variables = {
+        **REMOTE_API,
+        "ipc_mode": "host",
+        "shm_size": None,
+        "device_requests": [{"driver": "nvidia", "device_ids": ["0", "1"], "capabilities": [["gpu"]]}],
+    }
 
     host = _docker_py_host_config(render_docker_create_kwargs(load_template(DOCKER), variables))
 
@@ -171,13 +187,24 @@ def test_a_real_engine_accepts_the_container_the_docker_pool_describes(docker_en
         info = tarfile.TarInfo("marker")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"ok"))
-    image = subprocess.run(["docker", "import", "-", "trainyard-test/pool:1"], input=buf.getvalue(),
-                           capture_output=True, check=True).stdout.decode().strip()
+    image = (
+        subprocess.run(
+            ["docker", "import", "-", "trainyard-test/pool:1"], input=buf.getvalue(), capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
     volume = "trainyard-test-pool-stage"
-    kwargs = render_docker_create_kwargs(load_template(DOCKER), {
-        **REMOTE_API, "image": "trainyard-test/pool:1", "device_requests": [], "name": "trainyard-test-pool",
-        "volumes": [f"{volume}:/stage"],
-    })
+    kwargs = render_docker_create_kwargs(
+        load_template(DOCKER),
+        {
+            **REMOTE_API,
+            "image": "trainyard-test/pool:1",
+            "device_requests": [],
+            "name": "trainyard-test-pool",
+            "volumes": [f"{volume}:/stage"],
+        },
+    )
     container = None
     try:
         container = engine.containers.create(**kwargs)

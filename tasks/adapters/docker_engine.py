@@ -122,8 +122,17 @@ class DockerRunner:
 
     kind = "docker"
 
-    def __init__(self, image: str, *, gpus: str = "none", shm_size: str = "8g", ipc: str | None = None,
-                 require_digest: bool = False, pull: bool = True, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        image: str,
+        *,
+        gpus: str = "none",
+        shm_size: str = "8g",
+        ipc: str | None = None,
+        require_digest: bool = False,
+        pull: bool = True,
+        client: Any | None = None,
+    ) -> None:
         self.image = image
         self.gpus = gpus
         self.shm_size = shm_size
@@ -147,8 +156,11 @@ class DockerRunner:
 
     def environment(self) -> Environment:
         img = self.resolved
-        return Environment(kind="docker", digest=img.digest,
-                           details={"image": img.given, "digest": img.digest, "id": img.image_id, "cuda": img.cuda})
+        return Environment(
+            kind="docker",
+            digest=img.digest,
+            details={"image": img.given, "digest": img.digest, "id": img.image_id, "cuda": img.cuda},
+        )
 
     def run(self, job: TrainJob, env: Mapping[str, str], log: LogSink) -> None:
         import docker.errors
@@ -158,8 +170,10 @@ class DockerRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         job_path = job.write(run_dir / JOB_FILE)
         data_dir = data_root(Path(job.data_yaml))
-        mounts = [Mount(str(run_dir), str(run_dir), type="bind", read_only=False),
-                  Mount(str(data_dir), str(data_dir), type="bind", read_only=True)]
+        mounts = [
+            Mount(str(run_dir), str(run_dir), type="bind", read_only=False),
+            Mount(str(data_dir), str(data_dir), type="bind", read_only=True),
+        ]
         model = Path(str(job.args.get("model", "")))
         if model.suffix == ".pt" and model.is_absolute() and not model.is_relative_to(run_dir):
             mounts.append(Mount(str(model), str(model), type="bind", read_only=True))
@@ -191,12 +205,16 @@ class DockerRunner:
             kwargs["device_requests"] = [DeviceRequest(**r) for r in requests]
             # NVIDIA's recommended limits for CUDA/NCCL (pinned memory, deep stacks). Only with
             # GPUs: raising memlock needs privileges a CPU-only or rootless engine may not grant.
-            kwargs["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
-                                 Ulimit(name="stack", soft=67108864, hard=67108864)]
+            kwargs["ulimits"] = [
+                Ulimit(name="memlock", soft=-1, hard=-1),
+                Ulimit(name="stack", soft=67108864, hard=67108864),
+            ]
         try:
             container = self.client.containers.create(self.resolved.run_ref, **kwargs)
         except docker.errors.APIError as exc:
-            raise RunnerError(f"could not create the training container from {self.resolved.run_ref}: {_short(exc)}") from None
+            raise RunnerError(
+                f"could not create the training container from {self.resolved.run_ref}: {_short(exc)}"
+            ) from None
         tail: list[str] = []
         try:
             try:
@@ -205,7 +223,9 @@ class DockerRunner:
                 text = _short(exc)
                 if requests and ("device driver" in text or "nvidia" in text.lower() or "gpu" in text.lower()):
                     raise RunnerError(_NO_GPU_RUNTIME.format(gpus=self.gpus)) from None
-                raise RunnerError(f"could not start the training container from {self.resolved.run_ref}: {text}") from None
+                raise RunnerError(
+                    f"could not start the training container from {self.resolved.run_ref}: {text}"
+                ) from None
             pending = ""
             for chunk in container.logs(stream=True, follow=True):
                 pending += chunk.decode("utf-8", errors="replace")
@@ -224,12 +244,17 @@ class DockerRunner:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
         if oom:
-            raise TrainingError(f"the training container ran out of memory (OOMKilled); lower train.batch or "
-                                f"train.imgsz, or give the container more memory; output in {run_dir}", killed=True)
+            raise TrainingError(
+                f"the training container ran out of memory (OOMKilled); lower train.batch or "
+                f"train.imgsz, or give the container more memory; output in {run_dir}",
+                killed=True,
+            )
         if code != 0:
             # 128+9: `docker kill`, the host's OOM killer or a lost node; 128+15: docker stop
-            raise TrainingError(f"training container exited with code {code}; output in {run_dir}{last_lines(tail)}",
-                                killed=code in (137, 143))
+            raise TrainingError(
+                f"training container exited with code {code}; output in {run_dir}{last_lines(tail)}",
+                killed=code in (137, 143),
+            )
 
 
 def gpu_requests(gpus: str) -> list[dict[str, Any]]:
@@ -241,7 +266,7 @@ def gpu_requests(gpus: str) -> list[dict[str, Any]]:
         return [{"count": -1, "capabilities": [["gpu"]]}]
     ids = [part.strip() for part in value.split(",") if part.strip()]
     if not all(i.isdigit() for i in ids):
-        raise RunnerError(f"container.gpus {gpus!r}: valid forms are all, none, or GPU indices like \"0,1\"")
+        raise RunnerError(f'container.gpus {gpus!r}: valid forms are all, none, or GPU indices like "0,1"')
     return [{"device_ids": ids, "capabilities": [["gpu"]]}]
 
 

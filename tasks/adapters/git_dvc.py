@@ -88,8 +88,7 @@ def file_md5(path: Path | str) -> str:
                 digest.update(chunk)
     except OSError as exc:
         raise VersioningError(
-            f"cannot read {path} to hash it: {exc.strerror or exc}; "
-            "check that the file exists and is readable"
+            f"cannot read {path} to hash it: {exc.strerror or exc}; check that the file exists and is readable"
         ) from exc
     return digest.hexdigest()
 
@@ -102,9 +101,7 @@ def dir_manifest(path: Path | str) -> list[tuple[str, int, str]]:
     """
     root = Path(path)
     if not root.is_dir():
-        raise VersioningError(
-            f"cannot hash dataset directory {root}: it does not exist or is not a directory"
-        )
+        raise VersioningError(f"cannot hash dataset directory {root}: it does not exist or is not a directory")
     root_str = os.fspath(root).rstrip(os.sep) or os.sep
     entries: list[tuple[str, int, str]] = []
     walk_errors: list[OSError] = []
@@ -126,15 +123,13 @@ def dir_manifest(path: Path | str) -> list[tuple[str, int, str]]:
                 size = os.stat(full).st_size
             except OSError as exc:
                 raise VersioningError(
-                    f"cannot hash {full}: {exc.strerror or exc} (a broken symlink?); "
-                    "remove it or fix its target"
+                    f"cannot hash {full}: {exc.strerror or exc} (a broken symlink?); remove it or fix its target"
                 ) from exc
             entries.append(("/".join([*rel_parts, name]), size, file_md5(full)))
     if walk_errors:
         first = walk_errors[0]
         raise VersioningError(
-            f"cannot list {first.filename} while hashing {root}: {first.strerror or first}; "
-            "check its permissions"
+            f"cannot list {first.filename} while hashing {root}: {first.strerror or first}; check its permissions"
         )
     entries.sort(key=lambda entry: entry[0])
     return entries
@@ -168,8 +163,7 @@ def dvc_file_md5(dvc_file: Path | str) -> str | None:
         doc: Any = yaml.safe_load(dvc_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise VersioningError(
-            f"cannot read DVC file {dvc_path}: {exc}; restore it from git or run "
-            "`dvc add` on its data again"
+            f"cannot read DVC file {dvc_path}: {exc}; restore it from git or run `dvc add` on its data again"
         ) from exc
     outs = doc.get("outs") if isinstance(doc, dict) else None
     first = outs[0] if isinstance(outs, list) and outs else None
@@ -205,14 +199,11 @@ def data_version(path: Path | str) -> DataVersion:
         md5 = file_md5(target)
     else:
         raise VersioningError(
-            f"cannot version data at {target}: no such file or directory; check data.source "
-            "in params.yaml"
+            f"cannot version data at {target}: no such file or directory; check data.source in params.yaml"
         )
     candidate = target.with_name(target.name + ".dvc")
     tracked = dvc_file_md5(candidate)
-    return DataVersion(
-        md5=md5, dvc_file=candidate if tracked is not None else None, tracked_md5=tracked
-    )
+    return DataVersion(md5=md5, dvc_file=candidate if tracked is not None else None, tracked_md5=tracked)
 
 
 # --------------------------------------------------------------------------- code version
@@ -266,9 +257,7 @@ def code_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def code_version(
-    repo: Path | str, ignore: tuple[str, ...] = ("params.yaml", "dvc.lock", "*.dvc")
-) -> CodeVersion:
+def code_version(repo: Path | str, ignore: tuple[str, ...] = ("params.yaml", "dvc.lock", "*.dvc")) -> CodeVersion:
     """HEAD commit of the git repo containing ``repo`` and whether tracked code changed.
 
     ``dirty`` counts tracked files that differ from HEAD (staged or not), except paths
@@ -307,8 +296,7 @@ def code_version(
     if diff is None or diff.returncode != 0:
         stderr = diff.stderr.decode(errors="replace").strip() if diff is not None else ""
         raise VersioningError(
-            f"`git diff HEAD` failed in {toplevel}: {stderr or 'git could not run'}; "
-            "run it there by hand to see why"
+            f"`git diff HEAD` failed in {toplevel}: {stderr or 'git could not run'}; run it there by hand to see why"
         )
     dirty = bool(diff.stdout)
     digest = hashlib.sha256(diff.stdout).hexdigest() if dirty else None
@@ -338,9 +326,7 @@ def _tail(text: str, lines: int = _TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def dvc_run(
-    args: list[str], repo: Path | str, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
+def dvc_run(args: list[str], repo: Path | str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run ``dvc <args>`` in ``repo``; raise :class:`VersioningError` with dvc's stderr tail."""
     cwd = Path(repo)
     if not cwd.is_dir():
@@ -398,16 +384,13 @@ def dvc_add(path: Path | str, repo: Path | str) -> str:
     return md5
 
 
-def dvc_push(
-    targets: list[Path | str], repo: Path | str, remote: str | None = None
-) -> None:
+def dvc_push(targets: list[Path | str], repo: Path | str, remote: str | None = None) -> None:
     """``dvc push [-r remote] <targets...>`` in ``repo`` (all targets if the list is empty)."""
     args = ["push"]
     if remote:
         args += ["-r", remote]
     args += [os.fspath(t) for t in targets]
     dvc_run(args, repo)
-
 
 
 def dvc_md5_at_rev(path: Path | str, rev: str) -> str:
@@ -447,8 +430,9 @@ def worktree(repo: Path, commit: str) -> Iterator[Path]:
     """A temporary git worktree of ``repo`` at ``commit``, removed afterwards (VersioningError if it cannot be made)."""
     tmp = Path(tempfile.mkdtemp(prefix="trainyard-worktree-"))
     path = tmp / "code"
-    add = subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=repo,
-                         capture_output=True, text=True)
+    add = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), commit], cwd=repo, capture_output=True, text=True
+    )
     if add.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise VersioningError(f"cannot check out commit {commit} in {repo}: {add.stderr.strip()}")

@@ -24,7 +24,9 @@ from tasks.errors import DeploymentError
 _QUANTITY_PATH = re.compile(r"(\.resources\.(limits|requests)\.[^\[]+|\.overhead\.[^\[]+|\.emptyDir\.sizeLimit)$")
 
 
-def validate_job_manifest(manifest: Mapping[str, Any], *, ignore: Iterable[str] = (), source: str = "job manifest") -> Any:
+def validate_job_manifest(
+    manifest: Mapping[str, Any], *, ignore: Iterable[str] = (), source: str = "job manifest"
+) -> Any:
     """Check a ``batch/v1`` Job manifest against the Kubernetes API schema; return it as a ``V1Job``.
 
     ``ignore``: dotted paths (``spec.template.spec.parallelism``) dropped before the check,
@@ -55,8 +57,11 @@ def _normalised(manifest: Mapping[str, Any], ignore: set[str]) -> dict[str, Any]
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, dict):
-            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()
-                    if (f"{path}.{k}" if path else str(k)) not in ignore}
+            return {
+                k: walk(v, f"{path}.{k}" if path else str(k))
+                for k, v in node.items()
+                if (f"{path}.{k}" if path else str(k)) not in ignore
+            }
         if isinstance(node, list):
             return [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]
         if isinstance(node, (int, float)) and not isinstance(node, bool) and _QUANTITY_PATH.search(path):
@@ -143,10 +148,15 @@ def _volume_problems(job: Any) -> list[str]:
     pod = job.spec.template.spec if job.spec and job.spec.template else None
     problems = []
     for i, volume in enumerate((pod.volumes or []) if pod else []):
-        sources = [volume.attribute_map[name] for name in volume.attribute_map
-                   if name != "name" and getattr(volume, name) is not None]
+        sources = [
+            volume.attribute_map[name]
+            for name in volume.attribute_map
+            if name != "name" and getattr(volume, name) is not None
+        ]
         if len(sources) != 1:
             have = ", ".join(sources) if sources else "none"
-            problems.append(f"spec.template.spec.volumes[{i}] ({volume.name}): sets {len(sources)} volume sources "
-                            f"({have}); a volume takes exactly one, e.g. emptyDir or hostPath")
+            problems.append(
+                f"spec.template.spec.volumes[{i}] ({volume.name}): sets {len(sources)} volume sources "
+                f"({have}); a volume takes exactly one, e.g. emptyDir or hostPath"
+            )
     return problems

@@ -226,14 +226,18 @@ class Tracker:
             local = self._call(lambda: self.client.download_artifacts(run_id, path, tmp))
             return Path(local).read_text()
 
-    def search_runs(self, experiment: str, filter_string: str = "", newest_first: bool = False,
-                    max_results: int = 1000) -> list[RunRecord]:
+    def search_runs(
+        self, experiment: str, filter_string: str = "", newest_first: bool = False, max_results: int = 1000
+    ) -> list[RunRecord]:
         exp = self._call(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
             return []
         order = ["attributes.start_time DESC"] if newest_first else None
-        runs = self._call(lambda: self.client.search_runs([exp.experiment_id], filter_string=filter_string,
-                                                          order_by=order, max_results=max_results))
+        runs = self._call(
+            lambda: self.client.search_runs(
+                [exp.experiment_id], filter_string=filter_string, order_by=order, max_results=max_results
+            )
+        )
         return [self.get_run(r.info.run_id) for r in runs]
 
     def latest_run(self, experiment: str, filter_string: str) -> RunRecord | None:

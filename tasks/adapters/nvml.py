@@ -55,8 +55,13 @@ def read_nvml(nvml: Any = None) -> NvmlReport:
             except errors:  # some GPUs (MIG instances) do not report utilisation
                 util = None
             gpus.append(GpuInfo(i, _text(nvml.nvmlDeviceGetName(handle)), mem.total >> 20, mem.free >> 20, util))
-        return NvmlReport(True, None if gpus else "the NVIDIA driver sees no GPU", driver,
-                          f"{cuda // 1000}.{(cuda % 1000) // 10}", gpus)
+        return NvmlReport(
+            True,
+            None if gpus else "the NVIDIA driver sees no GPU",
+            driver,
+            f"{cuda // 1000}.{(cuda % 1000) // 10}",
+            gpus,
+        )
     except errors as exc:
         return NvmlReport(False, f"NVML query failed: {_text(exc)}")
     finally:
@@ -66,6 +71,7 @@ def read_nvml(nvml: Any = None) -> NvmlReport:
 
 def cuda_at_least(have: str, need: str) -> bool:
     """'12.4' >= '12.1'? Compares major.minor numerically."""
+
     def parts(v: str) -> tuple[int, int]:
         major, _, minor = v.strip().partition(".")
         return int(major), int((minor.split(".")[0] or "0"))

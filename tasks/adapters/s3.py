@@ -82,9 +82,7 @@ _CHUNK = 1024 * 1024
 _MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _BACKOFF_BASE = 0.2
 _BACKOFF_MAX = 5.0
-_CREDENTIALS_HINT = (
-    "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role"
-)
+_CREDENTIALS_HINT = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role"
 # S3 bucket naming rules (general purpose buckets): 3-63 chars of a-z, 0-9, ".", "-",
 # starting and ending with a letter or digit; not formatted like an IPv4 address.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -299,9 +297,7 @@ class S3Client:
             request_checksum_calculation="when_required",
         )
         try:
-            self._client: Any = session.client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=config
-            )
+            self._client: Any = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:
             raise DataSourceError(f"cannot create an S3 client for endpoint {endpoint_url!r}: {exc}") from None
         self.endpoint: str = self._client.meta.endpoint_url
@@ -347,9 +343,7 @@ class S3Client:
         except (self._exc.ClientError, self._exc.BotoCoreError) as exc:
             raise self._error(exc, loc.url, "listing") from None
         if not objects:
-            raise DataSourceError(
-                f"{loc.url} holds no objects (endpoint {self.endpoint}); check the bucket and prefix"
-            )
+            raise DataSourceError(f"{loc.url} holds no objects (endpoint {self.endpoint}); check the bucket and prefix")
         objects.sort(key=lambda o: o.relpath)
         _check_file_dir_clashes(objects)
         return objects
@@ -452,7 +446,13 @@ class S3Client:
                 return self._download_once(obj, dest, stop)
             except ChecksumError as exc:
                 last = exc
-            except (self._exc.ClientError, self._exc.BotoCoreError, OSError, http.client.HTTPException, _Urllib3Error) as exc:
+            except (
+                self._exc.ClientError,
+                self._exc.BotoCoreError,
+                OSError,
+                http.client.HTTPException,
+                _Urllib3Error,
+            ) as exc:
                 if not self._transient(exc):
                     raise self._error(exc, obj.url, "downloading") from None
                 last = exc
@@ -509,7 +509,9 @@ class S3Client:
                     "(a truncated or corrupted transfer)"
                 )
             if expected_md5 is not None and md5 != expected_md5:
-                raise ChecksumError(f"{obj.url}: md5 mismatch: expected {expected_md5}, got {md5} (a corrupted transfer)")
+                raise ChecksumError(
+                    f"{obj.url}: md5 mismatch: expected {expected_md5}, got {md5} (a corrupted transfer)"
+                )
             os.replace(tmp_name, dest)
         except BaseException:
             try:
@@ -519,9 +521,7 @@ class S3Client:
             raise
         return md5
 
-    def _fetch(
-        self, obj: RemoteObject, stop: threading.Event
-    ) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
+    def _fetch(self, obj: RemoteObject, stop: threading.Event) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
         """Start the GET of ``obj``: (headers by botocore name, iterable of chunks, close).
 
         The fast path presigns the GET locally (SigV4, ``If-Match`` sent as a plain header)
@@ -610,7 +610,9 @@ class S3Client:
                 try:
                     chunk = raw.read(_CHUNK)
                 except _Urllib3ReadTimeout as e:
-                    raise exc.ReadTimeoutError(endpoint_url=_strip_query(str(getattr(e, "url", "") or "")), error=e) from None
+                    raise exc.ReadTimeoutError(
+                        endpoint_url=_strip_query(str(getattr(e, "url", "") or "")), error=e
+                    ) from None
                 except _Urllib3Error as e:
                     raise exc.ResponseStreamingError(error=e) from None
                 if not chunk:
@@ -725,11 +727,15 @@ class S3Client:
                     "was listed -- rerun to stage the current version"
                 )
             if code in ("PreconditionFailed", "412") or status == 412:
-                return DataSourceError(
-                    f"{url} changed since it was listed; rerun to stage the new version"
-                )
+                return DataSourceError(f"{url} changed since it was listed; rerun to stage the new version")
             if code in _ACCESS_CODES or (status == 403 and code not in _CREDENTIAL_CODES):
-                need = "s3:ListBucket" if doing == "listing" else "s3:GetObject" if doing == "downloading" else "s3:PutObject"
+                need = (
+                    "s3:ListBucket"
+                    if doing == "listing"
+                    else "s3:GetObject"
+                    if doing == "downloading"
+                    else "s3:PutObject"
+                )
                 return DataSourceError(
                     f"access denied {doing} {url} (endpoint {self.endpoint}): the AWS credentials "
                     f"in use lack {need} on bucket {bucket!r}; check their IAM/bucket policy"
@@ -788,7 +794,14 @@ class _RetryQuota:
 
 
 _THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException", "RequestLimitExceeded"}
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+    }
 )
 _SIGNED_QUERY_RE = re.compile(r"\?[^\s\"'<>]*(?:Signature|X-Amz-|AWSAccessKeyId)[^\s\"'<>]*")
 _XML_FIELDS = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in ("Code", "Message")}

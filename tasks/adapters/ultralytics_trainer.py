@@ -36,8 +36,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from tasks.job import (JOB_ENV, JOB_FILE, LAST, OUTCOME_FILE, PARTIAL_SUFFIX, TrainJob, TrainOutcome, data_root,
-                       resumable_checkpoint, trim_results)
+from tasks.job import (
+    JOB_ENV,
+    JOB_FILE,
+    LAST,
+    OUTCOME_FILE,
+    PARTIAL_SUFFIX,
+    TrainJob,
+    TrainOutcome,
+    data_root,
+    resumable_checkpoint,
+    trim_results,
+)
 
 if TYPE_CHECKING:  # ultralytics costs seconds to import; only the training process needs it
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -59,10 +69,25 @@ _FOREIGN_CALLBACK_MODULES = (
 
 # Train arguments Ultralytics takes from the caller on resume (BaseTrainer.check_resume);
 # every other one comes from the checkpoint, so the schedule is the interrupted one.
-_RESUME_OVERRIDES = frozenset({
-    "imgsz", "batch", "device", "close_mosaic", "augmentations", "save_period", "workers", "cache",
-    "patience", "time", "freeze", "val", "plots", "channels_last", "distill_model",
-})
+_RESUME_OVERRIDES = frozenset(
+    {
+        "imgsz",
+        "batch",
+        "device",
+        "close_mosaic",
+        "augmentations",
+        "save_period",
+        "workers",
+        "cache",
+        "patience",
+        "time",
+        "freeze",
+        "val",
+        "plots",
+        "channels_last",
+        "distill_model",
+    }
+)
 
 
 def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
@@ -87,8 +112,10 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     if job.resume:
         ckpt = resumable_checkpoint(run_dir / LAST)
         if ckpt is None:
-            raise TrainingError(f"cannot resume the training in {run_dir}: {LAST} is missing, unreadable, or "
-                                "from a training that finished; start a new run")
+            raise TrainingError(
+                f"cannot resume the training in {run_dir}: {LAST} is missing, unreadable, or "
+                "from a training that finished; start a new run"
+            )
         done = int(ckpt["epoch"]) + 1
         train_args = ckpt.get("train_args") or {}
         trim_results(run_dir / "results.csv", done)
@@ -100,11 +127,13 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
         if saved_to.resolve() != run_dir.resolve():  # Ultralytics would carry on writing there
             raise TrainingError(f"cannot resume the training in {run_dir}: its {LAST} belongs to {saved_to}")
         model_ref = str(run_dir / LAST)
-        kwargs: dict[str, Any] = {"resume": True, "data": job.data_yaml,
-                                  **{k: v for k, v in args.items() if k in _RESUME_OVERRIDES}}
+        kwargs: dict[str, Any] = {
+            "resume": True,
+            "data": job.data_yaml,
+            **{k: v for k, v in args.items() if k in _RESUME_OVERRIDES},
+        }
     else:
-        kwargs = {"data": job.data_yaml, "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True,
-                  **args}
+        kwargs = {"data": job.data_yaml, "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, **args}
     from ultralytics import YOLO
 
     with _environ(JOB_ENV, str(job_path)):
@@ -138,8 +167,12 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
     class TrainyardTrainer(DetectionTrainer):
         """Ultralytics' detection trainer with one MLflow run, atomic checkpoints and ``stop_after``."""
 
-        def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
-                     _callbacks: dict[str, list[Callable[..., Any]]] | None = None) -> None:
+        def __init__(
+            self,
+            cfg: Any = DEFAULT_CFG,
+            overrides: dict[str, Any] | None = None,
+            _callbacks: dict[str, list[Callable[..., Any]]] | None = None,
+        ) -> None:
             self.trainyard_job = _job_from_env()
             self.trainyard_sink = _mlflow_sink()
             self.trainyard_logged: set[int] = set()
@@ -174,7 +207,10 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             # old checkpoint nor the new one. Write beside it and rename (atomic); best.pt first,
             # so last.pt never names an epoch whose best.pt update was lost.
             last, best = self.last, self.best
-            self.last, self.best = last.with_name(last.name + PARTIAL_SUFFIX), best.with_name(best.name + PARTIAL_SUFFIX)
+            self.last, self.best = (
+                last.with_name(last.name + PARTIAL_SUFFIX),
+                best.with_name(best.name + PARTIAL_SUFFIX),
+            )
             try:
                 saved = bool(super().save_model())
                 for part, final in ((self.best, best), (self.last, last)):
@@ -205,8 +241,10 @@ def _job_from_env() -> TrainJob:
     if not path:
         from tasks.errors import RunnerError
 
-        raise RunnerError(f"${JOB_ENV} is not set: the trainyard trainer needs the job.json it trains "
-                          "(run `python -m tasks.adapters.ultralytics_trainer JOB.json`)")
+        raise RunnerError(
+            f"${JOB_ENV} is not set: the trainyard trainer needs the job.json it trains "
+            "(run `python -m tasks.adapters.ultralytics_trainer JOB.json`)"
+        )
     return TrainJob.read(Path(path))
 
 
@@ -282,9 +320,14 @@ def _finish_trained(job: TrainJob, ckpt: dict[str, Any], epochs: int) -> TrainOu
     train_args = dict(ckpt.get("train_args") or {})
     batch = train_args.get("batch", 16)
     results = YOLO(str(best if best.exists() else weights / "last.pt")).val(
-        data=job.data_yaml, imgsz=train_args.get("imgsz", 640), batch=batch * 2 if batch >= 1 else 16,
+        data=job.data_yaml,
+        imgsz=train_args.get("imgsz", 640),
+        batch=batch * 2 if batch >= 1 else 16,
         device=_first_device(job.args.get("device", train_args.get("device"))),
-        plots=bool(train_args.get("plots", True)), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+        plots=bool(train_args.get("plots", True)),
+        project=str(run_dir.parent),
+        name=run_dir.name,
+        exist_ok=True,
     )
     outcome = TrainOutcome(
         epochs=epochs,

@@ -11,8 +11,9 @@ from flows.cli import main
 from tests.conftest import copy_dataset, write_params
 
 
-def test_validate_lists_every_problem_with_file_and_line(tmp_path: Path, tiny_dataset: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_lists_every_problem_with_file_and_line(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = copy_dataset(tiny_dataset, tmp_path / "d")
     labels = sorted((data / "labels" / "val").glob("*.txt"))
     labels[0].write_text("0 0.5 0.5 0.2\n")
@@ -32,10 +33,12 @@ def test_validate_ok_prints_counts(tiny_dataset: Path, capsys: pytest.CaptureFix
     assert "is valid" in out and "train 16 images" in out and "val 8 images" in out
 
 
-def test_run_rejects_a_typo_before_starting_anything(tmp_path: Path, tiny_dataset: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage")
+def test_run_rejects_a_typo_before_starting_anything(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
     code = main(["run", "--params", str(params), "--set", "train.epoch=3"])
     err = capsys.readouterr().err
     assert code == 2
@@ -43,10 +46,17 @@ def test_run_rejects_a_typo_before_starting_anything(tmp_path: Path, tiny_datase
     assert not (tmp_path / "stage").exists() and not (tmp_path / "runs").exists()
 
 
-def test_run_refuses_weights_it_would_have_to_download(tmp_path: Path, tiny_dataset: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage", model="yolo11n.pt")
+def test_run_refuses_weights_it_would_have_to_download(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_dataset,
+        tracking_uri=None,
+        experiment="x",
+        stage_root=tmp_path / "stage",
+        model="yolo11n.pt",
+    )
     code = main(["train", "--params", str(params), "--run-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "yolo11n.pt" in err and "never downloads" in err
@@ -66,11 +76,16 @@ def test_ui_serves_the_local_store(tmp_path: Path, tiny_dataset: Path, monkeypat
     from tests.conftest import VENV_BIN, free_port, wait_http
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
     port = free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "trainyard"), "ui", "--params", str(params), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "trainyard"), "ui", "--params", str(params), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc)
         assert (tmp_path / "mlflow.db").exists()  # the store beside params.yaml, as documented
@@ -85,8 +100,9 @@ def test_doctor_passes_locally_and_fails_with_the_fix_when_mlflow_is_down(
     from tests.conftest import free_port
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
     assert main(["doctor", "--params", str(params)]) == 0
     out = capsys.readouterr().out
     assert "ok    data source" in out and "gpus (nvml)" in out and out.rstrip().endswith("ready")

@@ -30,19 +30,33 @@ def _image_id() -> str:
     return proc.stdout.strip()
 
 
-def test_train_flow_in_a_container_started_by_digest(tmp_path: Path, mlflow_server: str, prefect_api: None,
-                                                     tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_flow_in_a_container_started_by_digest(
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.train import train_flow
 
     image_id = _image_id()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="docker-e2e",
-                          stage_root=tmp_path / "stage", epochs=1, plots=False)
-    result = train_flow(params_path=str(params), overrides=[
-        "runner.kind=docker", f"container.image={IMAGE}", "container.pull=false", "container.gpus=none",
-        "container.shm_size=1g",
-    ])
+    params = write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment="docker-e2e",
+        stage_root=tmp_path / "stage",
+        epochs=1,
+        plots=False,
+    )
+    result = train_flow(
+        params_path=str(params),
+        overrides=[
+            "runner.kind=docker",
+            f"container.image={IMAGE}",
+            "container.pull=false",
+            "container.gpus=none",
+            "container.shm_size=1g",
+        ],
+    )
     tracker = Tracker(mlflow_server)
     run = tracker.get_run(result.run_id)
     assert run.status == "FINISHED"
@@ -57,8 +71,9 @@ def test_train_flow_in_a_container_started_by_digest(tmp_path: Path, mlflow_serv
     assert runtime["in_container"] is True
     assert runtime["uid"] != 0, "the training process must not run as root"
     assert runtime["data_dir_writable"] is False, "the dataset is mounted read-only"
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.trainyard.run_dir"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=org.trainyard.run_dir"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert left == [], "no container may be left behind"
 
 
@@ -71,16 +86,23 @@ def test_ctrl_c_removes_the_container(tmp_path: Path, tiny_dataset: Path) -> Non
     _image_id()
     staged = stage_local(tiny_dataset, tmp_path / "stage")
     run_dir = tmp_path / "run"
-    job = TrainJob(run_dir=str(run_dir), data_yaml=str(staged.training_yaml(run_dir / "data.yaml")),
-                   args={"model": "yolo11n.yaml", "epochs": 50, "imgsz": 64, "device": "cpu", "workers": 0})
+    job = TrainJob(
+        run_dir=str(run_dir),
+        data_yaml=str(staged.training_yaml(run_dir / "data.yaml")),
+        args={"model": "yolo11n.yaml", "epochs": 50, "imgsz": 64, "device": "cpu", "workers": 0},
+    )
 
     def interrupt(line: str) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         DockerRunner(IMAGE, pull=False, shm_size="1g").run(job, {}, interrupt)
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert left == []
 
 
@@ -102,8 +124,8 @@ def test_missing_mount_and_dead_daemon_are_clear_errors(tmp_path: Path, monkeypa
 
 
 def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
-        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`docker kill` (a lost node, the host's OOM killer) mid-run: the retry resumes from last.pt."""
     import threading
     import time
@@ -114,8 +136,16 @@ def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
     _image_id()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="docker-resume",
-                          stage_root=tmp_path / "stage", epochs=3, imgsz=32, plots=False)
+    params = write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment="docker-resume",
+        stage_root=tmp_path / "stage",
+        epochs=3,
+        imgsz=32,
+        plots=False,
+    )
     killed: list[str] = []
 
     def kill_after_first_epoch() -> None:
@@ -123,8 +153,11 @@ def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
         while time.monotonic() < deadline and not killed:
             for run_dir in (tmp_path / "runs").glob("*"):
                 if resume_point(run_dir) is not None:  # epoch 1 is checkpointed; epoch 2 is under way
-                    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
-                                         capture_output=True, text=True).stdout.split()
+                    ids = subprocess.run(
+                        ["docker", "ps", "-q", "--filter", f"label=org.trainyard.run_dir={run_dir}"],
+                        capture_output=True,
+                        text=True,
+                    ).stdout.split()
                     if ids:
                         subprocess.run(["docker", "kill", ids[0]], capture_output=True)
                         killed.append(ids[0])
@@ -133,10 +166,16 @@ def test_a_killed_training_container_is_resumed_in_a_new_one_into_the_same_run(
 
     watcher = threading.Thread(target=kill_after_first_epoch, daemon=True)
     watcher.start()
-    result = train_flow(params_path=str(params), overrides=[
-        "runner.kind=docker", f"container.image={IMAGE}", "container.pull=false", "container.shm_size=1g",
-        "runner.retry_delay=1",
-    ])
+    result = train_flow(
+        params_path=str(params),
+        overrides=[
+            "runner.kind=docker",
+            f"container.image={IMAGE}",
+            "container.pull=false",
+            "container.shm_size=1g",
+            "runner.retry_delay=1",
+        ],
+    )
     watcher.join(timeout=5)
     assert killed, "the container was never killed: the test proved nothing"
     assert len(result.resumed_after) == 1

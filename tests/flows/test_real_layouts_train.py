@@ -18,21 +18,36 @@ from tests.tasks.test_dataset_layouts import LAYOUTS
 
 pytestmark = pytest.mark.slow
 
-TRAINED = ("roboflow-export", "data-outside-absolute-list", "polygon-labels", "coco-txt-lists-absolute",
-           "source-is-the-yaml")
+TRAINED = (
+    "roboflow-export",
+    "data-outside-absolute-list",
+    "polygon-labels",
+    "coco-txt-lists-absolute",
+    "source-is-the-yaml",
+)
 
 
 @pytest.mark.parametrize("layout", [lay for lay in LAYOUTS if lay.id in TRAINED], ids=lambda lay: lay.id)
-def test_layout_trains_one_epoch_into_one_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     mlflow_server: str, prefect_api: None, layout: object) -> None:
+def test_layout_trains_one_epoch_into_one_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: str, prefect_api: None, layout: object
+) -> None:
     from flows.train import train_flow
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     source = layout.build(tmp_path / "src")  # type: ignore[attr-defined]
     experiment = f"layouts-{layout.id}"  # type: ignore[attr-defined]
-    params = write_params(tmp_path / "params.yaml", source, tracking_uri=mlflow_server, experiment=experiment,
-                          stage_root=tmp_path / "stage", epochs=1, imgsz=32, plots=False, batch=4)
+    params = write_params(
+        tmp_path / "params.yaml",
+        source,
+        tracking_uri=mlflow_server,
+        experiment=experiment,
+        stage_root=tmp_path / "stage",
+        epochs=1,
+        imgsz=32,
+        plots=False,
+        batch=4,
+    )
 
     result = train_flow(params_path=str(params))
 

@@ -23,8 +23,15 @@ def original(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, prefe
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path_factory.mktemp("repro")
     data = copy_dataset(tiny_dataset, work / "data")
-    params = write_params(work / "params.yaml", Path("data"), tracking_uri=mlflow_server, experiment="repro",
-                          stage_root=work / "stage", epochs=2, plots=False)
+    params = write_params(
+        work / "params.yaml",
+        Path("data"),
+        tracking_uri=mlflow_server,
+        experiment="repro",
+        stage_root=work / "stage",
+        epochs=2,
+        plots=False,
+    )
     try:
         result = train_flow(params_path=str(params))
     finally:
@@ -59,10 +66,21 @@ def test_replay_of_the_first_epoch_keeps_the_schedule(original: dict, no_env_uri
     assert steps == [1]
 
 
-def test_changed_params_differ_and_are_named_with_a_nonzero_exit(original: dict, no_env_uri: None,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli(["reproduce", original["run_id"], "--params", str(original["params"]), "--epochs", "1",
-                "--set", "train.box=3.0"])  # the box-loss gain: epoch 1 losses must move
+def test_changed_params_differ_and_are_named_with_a_nonzero_exit(
+    original: dict, no_env_uri: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli(
+        [
+            "reproduce",
+            original["run_id"],
+            "--params",
+            str(original["params"]),
+            "--epochs",
+            "1",
+            "--set",
+            "train.box=3.0",
+        ]
+    )  # the box-loss gain: epoch 1 losses must move
     out = capsys.readouterr().out
     assert code == 7, out
     assert "differs" in out and "first difference: epoch 1" in out and "changed inputs: params_hash" in out

@@ -75,8 +75,8 @@ def train_killed(params: Path, after: int) -> Any:
 
 
 def test_killed_training_resumes_into_the_same_mlflow_run(
-        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     params = flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "resume", epochs=EPOCHS)
     result = train_killed(params, after=2)
 
@@ -99,8 +99,8 @@ def test_killed_training_resumes_into_the_same_mlflow_run(
 
 
 def test_a_training_killed_before_its_first_checkpoint_starts_over_cleanly(
-        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     params = flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "restart", epochs=2)
     result = train_killed(params, after=0)  # as soon as the process exists: it is still importing
     assert result.outcome == "trained" and result.resumed_after == []

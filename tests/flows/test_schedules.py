@@ -37,34 +37,53 @@ def flow_runs_of(client: Any, deployment: str) -> list[Any]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-                                 sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+    )
 
 
 def summary_of(client: Any, flow_run_id: Any) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["trainyard-train"])),
-                                  flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["trainyard-train"])),
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+    )
     assert len(found) == 1, f"flow run {flow_run_id} published {len(found)} summaries"
     return str(found[0].data)
 
 
 def test_serve_runs_the_schedule_and_skips_an_unchanged_second_run(
-        tmp_path: Path, prefect_server: str, mlflow_server: str, tiny_dataset: Path) -> None:
+    tmp_path: Path, prefect_server: str, mlflow_server: str, tiny_dataset: Path
+) -> None:
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="scheduled",
-                 stage_root=tmp_path / "stage", epochs=1, imgsz=32, plots=False)
-    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump({
-        "name": "schedule-test",
-        "deployments": [{
-            "name": "every-15s",
-            "entrypoint": "flows/train.py:train_flow",
-            "parameters": {"params_path": "params.yaml", "overrides": []},
-            "schedules": [{"interval": 15}],
-            "work_pool": {"name": "trainyard"},
-        }],
-    }))
+    write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment="scheduled",
+        stage_root=tmp_path / "stage",
+        epochs=1,
+        imgsz=32,
+        plots=False,
+    )
+    (tmp_path / "prefect.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "schedule-test",
+                "deployments": [
+                    {
+                        "name": "every-15s",
+                        "entrypoint": "flows/train.py:train_flow",
+                        "parameters": {"params_path": "params.yaml", "overrides": []},
+                        "schedules": [{"interval": 15}],
+                        "work_pool": {"name": "trainyard"},
+                    }
+                ],
+            }
+        )
+    )
     (tmp_path / "yolo").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(prefect_env(tmp_path, prefect_server))
@@ -72,8 +91,14 @@ def test_serve_runs_the_schedule_and_skips_an_unchanged_second_run(
     env.pop("PYTEST_CURRENT_TEST", None)
     log = (tmp_path / "serve.log").open("wb")
     # started from another folder on purpose: serve must resolve params.yaml next to prefect.yaml
-    serve = subprocess.Popen([str(VENV_BIN / "trainyard"), "serve", "--file", str(tmp_path / "prefect.yaml")],
-                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    serve = subprocess.Popen(
+        [str(VENV_BIN / "trainyard"), "serve", "--file", str(tmp_path / "prefect.yaml")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         with prefect_client(prefect_server) as client:
             done = _wait_for_completed(client, "every-15s", 2, serve, tmp_path / "serve.log", timeout=420)
@@ -106,8 +131,9 @@ def test_serve_runs_the_schedule_and_skips_an_unchanged_second_run(
         assert all(not s.active for s in deployment.schedules) or deployment.paused
 
 
-def _wait_for_completed(client: Any, deployment: str, count: int, proc: subprocess.Popen[bytes], log: Path,
-                        timeout: float) -> list[Any]:
+def _wait_for_completed(
+    client: Any, deployment: str, count: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> list[Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -124,18 +150,33 @@ def _wait_for_completed(client: Any, deployment: str, count: int, proc: subproce
 
 
 def _prefect(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> str:
-    proc = subprocess.run([str(VENV_BIN / "prefect"), "--no-prompt", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(VENV_BIN / "prefect"), "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
 
 def test_prefect_deploy_of_the_shipped_prefect_yaml_and_a_process_worker_run(
-        tmp_path: Path, prefect_server: str, mlflow_server: str, tiny_dataset: Path) -> None:
+    tmp_path: Path, prefect_server: str, mlflow_server: str, tiny_dataset: Path
+) -> None:
     """The process pool, as documented: `prefect deploy` from the checkout, then a worker runs a flow run."""
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="worker",
-                          stage_root=tmp_path / "stage", epochs=1, imgsz=32, plots=False)
+    params = write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment="worker",
+        stage_root=tmp_path / "stage",
+        epochs=1,
+        imgsz=32,
+        plots=False,
+    )
     (tmp_path / "yolo").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(prefect_env(tmp_path, prefect_server))

@@ -17,9 +17,16 @@ from tests.conftest import copy_dataset, free_port, write_params
 pytestmark = pytest.mark.slow
 
 EPOCH_METRICS = (
-    "train/box_loss", "train/cls_loss", "train/dfl_loss",
-    "val/box_loss", "val/cls_loss", "val/dfl_loss",
-    "metrics/precisionB", "metrics/recallB", "metrics/mAP50B", "metrics/mAP50-95B",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+    "metrics/precisionB",
+    "metrics/recallB",
+    "metrics/mAP50B",
+    "metrics/mAP50-95B",
     "lr/pg0",
 )
 
@@ -40,14 +47,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, prefec
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = copy_dataset(tiny_dataset, work / "data")
     before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
-    params = write_params(work / "params.yaml", data, tracking_uri=mlflow_server, experiment="flow-test",
-                          stage_root=work / "stage")
+    params = write_params(
+        work / "params.yaml", data, tracking_uri=mlflow_server, experiment="flow-test", stage_root=work / "stage"
+    )
     try:
         result = train_flow(params_path=str(params), overrides=["train.epochs=2"])
     finally:
         mp.undo()
-    return {"result": result, "work": work, "data": data, "before": before, "params": params,
-            "tracker": Tracker(mlflow_server)}
+    return {
+        "result": result,
+        "work": work,
+        "data": data,
+        "before": before,
+        "params": params,
+        "tracker": Tracker(mlflow_server),
+    }
 
 
 def test_exactly_one_run_with_params_as_in_params_yaml(trained: dict) -> None:
@@ -109,16 +123,22 @@ def test_run_dir_metrics_json_and_source_untouched(trained: dict) -> None:
     assert list((trained["work"] / "stage").rglob("*.cache")), "the staged copy should hold labels.cache"
 
 
-def test_broken_dataset_stops_before_any_run(tmp_path: Path, mlflow_server: str, prefect_api: None,
-                                             tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_dataset_stops_before_any_run(
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.train import train_flow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = copy_dataset(tiny_dataset, tmp_path / "data")
     label = sorted((data / "labels" / "train").glob("*.txt"))[0]
     label.write_text("7 0.5 0.5 0.2 0.2\n")
-    params = write_params(tmp_path / "params.yaml", data, tracking_uri=mlflow_server, experiment="flow-fail",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml",
+        data,
+        tracking_uri=mlflow_server,
+        experiment="flow-fail",
+        stage_root=tmp_path / "stage",
+    )
     with pytest.raises(DatasetError) as info:
         train_flow(params_path=str(params))
     assert f"labels/train/{label.name}:1: class id 7" in str(info.value)
@@ -126,14 +146,16 @@ def test_broken_dataset_stops_before_any_run(tmp_path: Path, mlflow_server: str,
     assert not (tmp_path / "runs").exists()
 
 
-def test_tracking_server_down_is_one_clear_error(tmp_path: Path, prefect_api: None, tiny_dataset: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_server_down_is_one_clear_error(
+    tmp_path: Path, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.train import train_flow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dead = f"http://127.0.0.1:{free_port()}"
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=dead, experiment="x",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=dead, experiment="x", stage_root=tmp_path / "stage"
+    )
     started = time.monotonic()
     with pytest.raises(PreflightError) as info:  # the flow's preflight is `trainyard doctor`
         train_flow(params_path=str(params))

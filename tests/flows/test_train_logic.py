@@ -43,6 +43,7 @@ def killed_after(epoch: int) -> Callable[[Path], None]:
         (run_dir / "results.csv").write_text("epoch,x\n" + "".join(f"{e},0\n" for e in range(1, epoch + 1)))
         write_checkpoint(run_dir, epoch - 1)
         raise TrainingError("training process was killed (SIGKILL)", killed=True)
+
     return attempt
 
 

@@ -23,8 +23,8 @@ def _summaries(flow_run_ids: list[str]) -> list[str]:
 
 
 def test_unchanged_inputs_are_up_to_date_and_force_or_a_change_retrains(
-        tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.train import train_flow
 
     params = str(flow_params(tmp_path, monkeypatch, mlflow_server, tiny_dataset, "up-to-date", epochs=1))

@@ -48,8 +48,15 @@ def dump(path: Path, config: dict) -> Path:
     return text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
-def standard(root: Path, n: int = 2, ext: str = "jpg", fmt: str = "JPEG", label: str = BOX,
-             splits: tuple[str, ...] = ("train", "val"), **img: object) -> None:
+def standard(
+    root: Path,
+    n: int = 2,
+    ext: str = "jpg",
+    fmt: str = "JPEG",
+    label: str = BOX,
+    splits: tuple[str, ...] = ("train", "val"),
+    **img: object,
+) -> None:
     for split in splits:
         for i in range(n):
             image(root / "images" / split / f"im{i}.{ext}", fmt, **img)  # type: ignore[arg-type]
@@ -74,6 +81,7 @@ def basic(**config: object) -> Callable[[Path], Path]:
         standard(root)
         dump(root / "data.yaml", _yaml(**config))
         return root
+
     return build
 
 
@@ -82,10 +90,23 @@ def roboflow(root: Path) -> Path:
         for i in range(2):
             image(root / split / "images" / f"im{i}_jpg.rf.{i}abc.jpg")
             text(root / split / "labels" / f"im{i}_jpg.rf.{i}abc.txt", BOX)
-    dump(root / "data.yaml", {"train": "../train/images", "val": "../valid/images", "test": "../test/images",
-                              "nc": 3, "names": NAMES,
-                              "roboflow": {"workspace": "w", "project": "p", "version": 1, "license": "CC BY 4.0",
-                                           "url": "https://universe.roboflow.com/w/p/dataset/1"}})
+    dump(
+        root / "data.yaml",
+        {
+            "train": "../train/images",
+            "val": "../valid/images",
+            "test": "../test/images",
+            "nc": 3,
+            "names": NAMES,
+            "roboflow": {
+                "workspace": "w",
+                "project": "p",
+                "version": 1,
+                "license": "CC BY 4.0",
+                "url": "https://universe.roboflow.com/w/p/dataset/1",
+            },
+        },
+    )
     text(root / "README.roboflow.txt", "exported")
     return root
 
@@ -97,19 +118,29 @@ def coco_lists(absolute: bool) -> Callable[[Path], Path]:
             for i in range(3):
                 image(root / "images" / split / f"{i:012d}.jpg")
                 text(root / "labels" / split / f"{i:012d}.txt", BOX)
-                lines.append(str(root / "images" / split / f"{i:012d}.jpg") if absolute
-                             else f"./images/{split}/{i:012d}.jpg")
+                lines.append(
+                    str(root / "images" / split / f"{i:012d}.jpg") if absolute else f"./images/{split}/{i:012d}.jpg"
+                )
             text(root / f"{split}.txt", "\n".join(lines) + "\n")
         image(root / "images" / "train2017" / "unlisted.jpg")  # COCO folders hold more than a list names
-        dump(root / "coco.yaml", {"path": str(root) if absolute else ".", "train": "train2017.txt",
-                                  "val": "val2017.txt", "names": dict(enumerate(NAMES)),
-                                  "download": "python download_coco.py"})
+        dump(
+            root / "coco.yaml",
+            {
+                "path": str(root) if absolute else ".",
+                "train": "train2017.txt",
+                "val": "val2017.txt",
+                "names": dict(enumerate(NAMES)),
+                "download": "python download_coco.py",
+            },
+        )
         return root
+
     return build
 
 
 def outside_data(kind: str) -> Callable[[Path], Path]:
     """The yaml lives with the code; the data is elsewhere (a NAS mount)."""
+
     def build(root: Path) -> Path:
         data = root / "nas" / "coco"
         standard(data)
@@ -117,13 +148,16 @@ def outside_data(kind: str) -> Callable[[Path], Path]:
         if kind == "path":
             dump(config / "data.yaml", _yaml(path=str(data)))
         elif kind == "relative-dirs":
-            dump(config / "data.yaml", _yaml(train="../../nas/coco/images/train", val="../../nas/coco/images/val",
-                                             path="."))
+            dump(
+                config / "data.yaml",
+                _yaml(train="../../nas/coco/images/train", val="../../nas/coco/images/val", path="."),
+            )
         else:  # absolute list lines under path:
             lines = "\n".join(str(p) for p in sorted((data / "images" / "train").iterdir()))
             text(config / "train.txt", lines + "\n")
             dump(config / "data.yaml", _yaml(path=str(data), train=str(config / "train.txt")))
         return config
+
     return build
 
 
@@ -142,9 +176,18 @@ def mixed_list(root: Path) -> Path:
 
 
 def formats(root: Path) -> Path:
-    kinds = [("bmp", "BMP", {}), ("png", "PNG", {}), ("jpg", "JPEG", {}), ("jpeg", "JPEG", {}), ("tif", "TIFF", {}),
-             ("tiff", "TIFF", {}), ("webp", "WEBP", {}), ("JPG", "JPEG", {}), ("PNG", "PNG", {}),
-             ("mpo", "JPEG", {})]
+    kinds = [
+        ("bmp", "BMP", {}),
+        ("png", "PNG", {}),
+        ("jpg", "JPEG", {}),
+        ("jpeg", "JPEG", {}),
+        ("tif", "TIFF", {}),
+        ("tiff", "TIFF", {}),
+        ("webp", "WEBP", {}),
+        ("JPG", "JPEG", {}),
+        ("PNG", "PNG", {}),
+        ("mpo", "JPEG", {}),
+    ]
     if features.check("avif"):
         kinds.append(("avif", "AVIF", {}))
     if features.check("jpg_2000"):
@@ -188,6 +231,7 @@ def label_text(content: str | bytes, boxes: int = 2) -> Callable[[Path], Path]:
         text(root / "labels/train/im0.txt", content)
         dump(root / "data.yaml", _yaml())
         return root
+
     return build
 
 
@@ -216,6 +260,7 @@ def yaml_named(name: str, other: str | None = None) -> Callable[[Path], Path]:
         if other:
             dump(root / other, {"lr0": 0.01, "epochs": 3})  # a config yaml, not a dataset
         return root
+
     return build
 
 
@@ -240,8 +285,11 @@ def yaml_in_subfolder(root: Path) -> Path:
 
 def list_quirks(root: Path) -> Path:
     standard(root, n=3)
-    text(root / "train.txt", b"\xef\xbb\xbf./images/train/im0.jpg\r\n./images/train/im1.jpg\r\n\r\n"
-                             b"./images/train/im2.jpg\r\n./images/train/im0.jpg\r\n")
+    text(
+        root / "train.txt",
+        b"\xef\xbb\xbf./images/train/im0.jpg\r\n./images/train/im1.jpg\r\n\r\n"
+        b"./images/train/im2.jpg\r\n./images/train/im0.jpg\r\n",
+    )
     dump(root / "data.yaml", _yaml(train="train.txt"))
     return root
 
@@ -264,24 +312,40 @@ LAYOUTS: list[Layout] = [
     Layout("nc-only", basic(names=None, nc=3), {"train": 2, "val": 2}, warnings=("class_0..class_2",)),
     Layout("nc-and-names", basic(nc=3), {"train": 2, "val": 2}),
     Layout("nc-as-string", basic(nc="3"), {"train": 2, "val": 2}),
-    Layout("extra-keys", basic(description="shapes", download="https://x/y.zip", roboflow={"a": 1}),
-           {"train": 2, "val": 2}, warnings=("key 'description' ignored",)),
-    Layout("validation-key", basic(val=None, validation="images/val"), {"train": 2, "val": 2},
-           warnings=("'validation:' used as 'val:'",)),
-    Layout("test-split", lambda root: (standard(root, splits=("train", "val", "test")),
-                                       dump(root / "data.yaml", _yaml(test="images/test")))[-1].parent,
-           {"train": 2, "val": 2, "test": 2}),
+    Layout(
+        "extra-keys",
+        basic(description="shapes", download="https://x/y.zip", roboflow={"a": 1}),
+        {"train": 2, "val": 2},
+        warnings=("key 'description' ignored",),
+    ),
+    Layout(
+        "validation-key",
+        basic(val=None, validation="images/val"),
+        {"train": 2, "val": 2},
+        warnings=("'validation:' used as 'val:'",),
+    ),
+    Layout(
+        "test-split",
+        lambda root: (
+            (standard(root, splits=("train", "val", "test")), dump(root / "data.yaml", _yaml(test="images/test")))[
+                -1
+            ].parent
+        ),
+        {"train": 2, "val": 2, "test": 2},
+    ),
     Layout("test-empty", basic(test=""), {"train": 2, "val": 2}),
     Layout("path-dot", basic(path="."), {"train": 2, "val": 2}),
-    Layout("path-absolute-self", lambda root: (standard(root), dump(root / "data.yaml", _yaml(path=str(root))))[-1].parent,
-           {"train": 2, "val": 2}),
+    Layout(
+        "path-absolute-self",
+        lambda root: (standard(root), dump(root / "data.yaml", _yaml(path=str(root))))[-1].parent,
+        {"train": 2, "val": 2},
+    ),
     Layout("path-relative-subfolder", sub_path, {"train": 2, "val": 2}),
     Layout("yaml-in-subfolder-path-up", yaml_in_subfolder, {"train": 2, "val": 2}),
     Layout("yaml-any-name", yaml_named("shapes-v2.yml"), {"train": 2, "val": 2}),
     Layout("yaml-beside-config-yaml", yaml_named("data.yaml", other="hyp.yaml"), {"train": 2, "val": 2}),
     Layout("source-is-the-yaml", point_at_file, {"train": 2, "val": 2}),
-    Layout("roboflow-export", roboflow, {"train": 2, "val": 2, "test": 2},
-           warnings=("key 'roboflow' ignored",)),
+    Layout("roboflow-export", roboflow, {"train": 2, "val": 2, "test": 2}, warnings=("key 'roboflow' ignored",)),
     Layout("coco-txt-lists-relative", coco_lists(absolute=False), {"train": 3, "val": 3}),
     Layout("coco-txt-lists-absolute", coco_lists(absolute=True), {"train": 3, "val": 3}),
     Layout("data-outside-by-path", outside_data("path"), {"train": 2, "val": 2}),
@@ -289,32 +353,62 @@ LAYOUTS: list[Layout] = [
     Layout("data-outside-absolute-list", outside_data("list"), {"train": 2, "val": 2}),
     Layout("split-list-of-dirs", lists_of, {"train": 4, "val": 2}),
     Layout("split-dir-plus-txt", mixed_list, {"train": 4, "val": 2}),
-    Layout("nested-subfolders", lambda root: (standard(root), image(root / "images/train/a/b/deep.jpg"),
-                                              text(root / "labels/train/a/b/deep.txt", BOX),
-                                              dump(root / "data.yaml", _yaml()))[-1].parent,
-           {"train": 3, "val": 2}),
-    Layout("all-image-formats", formats, {"train": 10 + features.check("avif") + features.check("jpg_2000"),
-                                          "val": 2}),
+    Layout(
+        "nested-subfolders",
+        lambda root: (
+            (
+                standard(root),
+                image(root / "images/train/a/b/deep.jpg"),
+                text(root / "labels/train/a/b/deep.txt", BOX),
+                dump(root / "data.yaml", _yaml()),
+            )[-1].parent
+        ),
+        {"train": 3, "val": 2},
+    ),
+    Layout("all-image-formats", formats, {"train": 10 + features.check("avif") + features.check("jpg_2000"), "val": 2}),
     Layout("pixel-kinds-exif-gray-16bit-palette-cmyk", pixel_kinds, {"train": 6, "val": 2}),
     Layout("spaces-and-unicode-names", odd_names, {"train": 4, "val": 2}),
     Layout("labels-crlf", label_text("0 0.5 0.5 0.4 0.4\r\n1 0.3 0.3 0.2 0.2\r\n"), {"train": 2, "val": 2}),
     Layout("labels-bom", label_text(b"\xef\xbb\xbf0 0.5 0.5 0.4 0.4\n1 0.3 0.3 0.2 0.2\n"), {"train": 2, "val": 2}),
-    Layout("labels-tabs-and-blank-lines", label_text("\n0\t0.5\t0.5\t0.4\t0.4\n\n  1 0.3 0.3 0.2 0.2  \n\n"),
-           {"train": 2, "val": 2}),
+    Layout(
+        "labels-tabs-and-blank-lines",
+        label_text("\n0\t0.5\t0.5\t0.4\t0.4\n\n  1 0.3 0.3 0.2 0.2  \n\n"),
+        {"train": 2, "val": 2},
+    ),
     Layout("labels-no-final-newline", label_text("0 0.5 0.5 0.4 0.4\n1 0.3 0.3 0.2 0.2"), {"train": 2, "val": 2}),
-    Layout("labels-within-tolerance", label_text("0 1.005 0.5 0.4 0.4\n1 -0.005 0.3 0.2 0.2\n"),
-           {"train": 2, "val": 2}, warnings=("within Ultralytics' 1 % tolerance",)),
-    Layout("polygon-labels", label_text("0 0.1 0.1 0.6 0.1 0.6 0.5 0.1 0.5\n2 0.5 0.5 0.9 0.5 0.7 0.9\n"),
-           {"train": 2, "val": 2}, warnings=("2 segmentation polygons converted",)),
-    Layout("duplicate-rows", label_text("0 0.5 0.5 0.4 0.4\n0 0.5 0.5 0.4 0.4\n1 0.3 0.3 0.2 0.2\n"),
-           {"train": 2, "val": 2}, warnings=("1 repeated label row",)),
-    Layout("backgrounds-missing-and-empty", without_labels, {"train": 4, "val": 4},
-           boxes={"train": 4, "val": 8}, warnings=("1 of 4 images (25.0 %) have no label file",)),
+    Layout(
+        "labels-within-tolerance",
+        label_text("0 1.005 0.5 0.4 0.4\n1 -0.005 0.3 0.2 0.2\n"),
+        {"train": 2, "val": 2},
+        warnings=("within Ultralytics' 1 % tolerance",),
+    ),
+    Layout(
+        "polygon-labels",
+        label_text("0 0.1 0.1 0.6 0.1 0.6 0.5 0.1 0.5\n2 0.5 0.5 0.9 0.5 0.7 0.9\n"),
+        {"train": 2, "val": 2},
+        warnings=("2 segmentation polygons converted",),
+    ),
+    Layout(
+        "duplicate-rows",
+        label_text("0 0.5 0.5 0.4 0.4\n0 0.5 0.5 0.4 0.4\n1 0.3 0.3 0.2 0.2\n"),
+        {"train": 2, "val": 2},
+        warnings=("1 repeated label row",),
+    ),
+    Layout(
+        "backgrounds-missing-and-empty",
+        without_labels,
+        {"train": 4, "val": 4},
+        boxes={"train": 4, "val": 8},
+        warnings=("1 of 4 images (25.0 %) have no label file",),
+    ),
     Layout("labels-beside-images", beside, {"train": 2, "val": 2}),
-    Layout("val-same-as-train", basic(val="images/train"), {"train": 2, "val": 2},
-           warnings=("val names the same images as train",)),
-    Layout("txt-list-bom-crlf-repeat", list_quirks, {"train": 3, "val": 3},
-           warnings=("lists 1 image more than once",)),
+    Layout(
+        "val-same-as-train",
+        basic(val="images/train"),
+        {"train": 2, "val": 2},
+        warnings=("val names the same images as train",),
+    ),
+    Layout("txt-list-bom-crlf-repeat", list_quirks, {"train": 3, "val": 3}, warnings=("lists 1 image more than once",)),
     Layout("stray-files", stray, {"train": 2, "val": 2}, warnings=("2 files in the train folder are not images",)),
 ]
 
@@ -358,8 +452,9 @@ def test_layout_validates_stages_and_loads_in_ultralytics(tmp_path: Path, layout
     staged = stage_dataset(source_spec(str(source), base_dir=tmp_path), StageCache(tmp_path / "cache"))
     copy = validate_dataset(staged.yaml_path, confine=True)  # self-contained: nothing outside the copy
     assert copy.ok, copy.problems
-    assert {k: (v.images, v.boxes) for k, v in copy.splits.items()} == \
-        {k: (v.images, v.boxes) for k, v in report.splits.items()}
+    assert {k: (v.images, v.boxes) for k, v in copy.splits.items()} == {
+        k: (v.images, v.boxes) for k, v in report.splits.items()
+    }
 
     training_yaml = staged.training_yaml(tmp_path / "run" / "data.yaml")
     data = yaml.safe_load(training_yaml.read_text())

@@ -54,7 +54,10 @@ def test_same_spec_gives_byte_identical_files(tmp_path: Path, generated: Path) -
 def test_returns_the_destination(tmp_path: Path) -> None:
     dest = tmp_path / "ds"
     assert generate_demo_dataset(dest, DemoSpec(train_images=1, val_images=1, size=32)) == dest
-    assert generate_demo_dataset(str(tmp_path / "ds2"), DemoSpec(train_images=1, val_images=1, size=32)) == tmp_path / "ds2"
+    assert (
+        generate_demo_dataset(str(tmp_path / "ds2"), DemoSpec(train_images=1, val_images=1, size=32))
+        == tmp_path / "ds2"
+    )
 
 
 def test_different_seed_gives_different_images(tmp_path: Path, generated: Path) -> None:
@@ -152,7 +155,9 @@ def test_shapes_are_drawn_where_the_labels_say(generated: Path) -> None:
         s = SPEC.size
         mask = np.zeros((s, s), dtype=bool)
         for _c, x, y, w, h in rows:
-            mask[int((y - h / 2) * s) : int((y + h / 2) * s) + 1, int((x - w / 2) * s) : int((x + w / 2) * s) + 1] = True
+            mask[int((y - h / 2) * s) : int((y + h / 2) * s) + 1, int((x - w / 2) * s) : int((x + w / 2) * s) + 1] = (
+                True
+            )
         background = pixels[~mask].mean(axis=0)
         for _c, x, y, _w, _h in rows:
             centre = pixels[int(y * s), int(x * s)]

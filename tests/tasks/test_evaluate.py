@@ -14,8 +14,10 @@ from tests.conftest import copy_dataset
 from tests.tasks.adapters.test_ultralytics_trainer import ARGS, child_env, train
 
 # The header of a real YOLO11 detect run's results.csv (Ultralytics 8.4).
-HEADER = ("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),"
-          "metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2")
+HEADER = (
+    "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),"
+    "metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2"
+)
 
 # Runs the training entry point with a callback that logs, after every checkpoint save, the epoch
 # best.pt then holds: the finished best.pt cannot say, as Ultralytics' strip_optimizer sets its
@@ -85,15 +87,19 @@ def test_fitness_equals_ultralytics_fitness(values: tuple[float, float, float, f
 def test_best_epoch_follows_map50_95_not_the_old_mixed_fitness(tmp_path: Path) -> None:
     # Epoch 2 wins under the old 0.1 * mAP50 + 0.9 * mAP50-95 (0.231 > 0.21); Ultralytics now
     # ranks by mAP50-95 alone, where epoch 1 wins. Epoch 4's NaNs rank as 0.
-    run_dir = write_results(tmp_path, [(0.5, 0.5, 0.30, 0.20), (0.6, 0.6, 0.60, 0.19),
-                                       (0.4, 0.4, 0.20, 0.10), (math.nan, 0.1, math.nan, math.nan)])
+    run_dir = write_results(
+        tmp_path,
+        [(0.5, 0.5, 0.30, 0.20), (0.6, 0.6, 0.60, 0.19), (0.4, 0.4, 0.20, 0.10), (math.nan, 0.1, math.nan, math.nan)],
+    )
     summary = summarize(run_dir)
     assert summary["best_epoch"] == 1 and summary["epochs"] == 4
 
 
 def test_of_tied_epochs_the_last_is_best_as_best_pt_is_rewritten_on_a_tie(tmp_path: Path) -> None:
-    run_dir = write_results(tmp_path, [(0.5, 0.5, 0.5, 0.1), (0.5, 0.5, 0.9, 0.3),
-                                       (0.5, 0.5, 0.5, 0.2), (0.1, 0.1, 0.1, 0.3), (0.5, 0.5, 0.5, 0.25)])
+    run_dir = write_results(
+        tmp_path,
+        [(0.5, 0.5, 0.5, 0.1), (0.5, 0.5, 0.9, 0.3), (0.5, 0.5, 0.5, 0.2), (0.1, 0.1, 0.1, 0.3), (0.5, 0.5, 0.5, 0.25)],
+    )
     assert summarize(run_dir)["best_epoch"] == 4
 
 

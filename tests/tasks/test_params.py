@@ -197,7 +197,9 @@ def test_unknown_ultralytics_key_without_close_match_is_still_rejected(tmp_path:
 
 # BUG (tasks/params.py, _unknown): the suggestion is matched on "train.<key>", so the shared
 # "train." prefix alone makes nonsense keys look close: train.foo -> "did you mean 'train.lrf'?".
-@pytest.mark.parametrize(("section", "key"), [("train", "zzqqxx"), ("train", "foo"), ("train", "gpu"), ("tracking", "xyz")])
+@pytest.mark.parametrize(
+    ("section", "key"), [("train", "zzqqxx"), ("train", "foo"), ("train", "gpu"), ("tracking", "xyz")]
+)
 def test_no_suggestion_for_a_key_unlike_any_valid_one(tmp_path: Path, section: str, key: str) -> None:
     tree = typical()
     tree[section][key] = 1
@@ -653,11 +655,14 @@ def test_staging_keys_are_checked(tmp_path: Path) -> None:
     assert ok.data.endpoint_url == "http://minio:9000" and ok.stage.workers == 32
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("runner.retries=-1", "runner.retries"),
-    ("runner.retries=two", "runner.retries"),
-    ("runner.retry_delay=-5", "runner.retry_delay"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("runner.retries=-1", "runner.retries"),
+        ("runner.retries=two", "runner.retries"),
+        ("runner.retry_delay=-5", "runner.retry_delay"),
+    ],
+)
 def test_retry_settings_are_checked(tmp_path: Path, override: str, expected: str) -> None:
     path = write(tmp_path, {"train": {"model": "yolo11n.yaml"}})
     with pytest.raises(ParamsError, match=expected):

@@ -13,8 +13,11 @@ from tasks.job import JOB_FILE, TrainJob
 
 
 def test_a_crashing_training_reports_exit_code_and_its_last_lines(tmp_path: Path) -> None:
-    job = TrainJob(run_dir=str(tmp_path / "run"), data_yaml=str(tmp_path / "missing" / "data.yaml"),
-                   args={"model": "yolo11n.yaml", "epochs": 1, "imgsz": 32, "device": "cpu"})
+    job = TrainJob(
+        run_dir=str(tmp_path / "run"),
+        data_yaml=str(tmp_path / "missing" / "data.yaml"),
+        args={"model": "yolo11n.yaml", "epochs": 1, "imgsz": 32, "device": "cpu"},
+    )
     lines: list[str] = []
     with pytest.raises(TrainingError) as info:
         LocalRunner(interactive=False).run(job, {}, lines.append)

@@ -40,8 +40,9 @@ def test_stages_a_verified_read_only_copy_keyed_by_the_dvc_md5(tmp_path: Path, t
     assert os.access(staged.path / "labels", os.W_OK), "folders stay writable for Ultralytics' labels.cache"
 
 
-def test_warm_path_neither_rehashes_nor_copies(tmp_path: Path, tiny_dataset: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_path_neither_rehashes_nor_copies(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = stage_local(tiny_dataset, tmp_path / "cache")
 
     def no_hashing(*a: object, **k: object) -> str:
@@ -67,8 +68,9 @@ class Crash(BaseException):
     """Stands for SIGKILL/Ctrl-C: not an Exception, so no handler may swallow it."""
 
 
-def test_a_crash_publishes_nothing_and_the_rerun_copies_only_the_rest(tmp_path: Path, tiny_dataset: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_publishes_nothing_and_the_rerun_copies_only_the_rest(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_replace = os.replace
     calls: list[str] = []
     armed = True
@@ -91,8 +93,9 @@ def test_a_crash_publishes_nothing_and_the_rerun_copies_only_the_rest(tmp_path: 
     assert staged.md5 == dvc_dir_md5(tiny_dataset)
 
 
-def test_a_source_changing_during_the_copy_is_refused(tmp_path: Path, tiny_dataset: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_source_changing_during_the_copy_is_refused(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = copy_dataset(tiny_dataset, tmp_path / "data")
     real_copy = stage_mod._copy_local
 
@@ -136,8 +139,9 @@ def test_lru_eviction_respects_the_budget_and_running_trainings(tmp_path: Path, 
     assert third.reused and not first.path.exists() and second.path.exists()
 
 
-def test_not_enough_space_is_refused_before_copying(tmp_path: Path, tiny_dataset: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_enough_space_is_refused_before_copying(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = cache_mod.shutil.disk_usage
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=10 << 20))
     with pytest.raises(DataSourceError, match="not enough space on stage.root"):
@@ -244,14 +248,16 @@ def test_dvc_tracked_data_at_an_older_rev_stages_exactly_that_version(tmp_path: 
         stage_dataset(source_spec("data/nothing", base_dir=repo, rev=v1), cache)
 
 
-def test_a_list_reaching_outside_every_declared_root_is_refused_before_copying(tmp_path: Path,
-                                                                               tiny_dataset: Path) -> None:
+def test_a_list_reaching_outside_every_declared_root_is_refused_before_copying(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
     data = copy_dataset(tiny_dataset, tmp_path / "data")
     secret = tmp_path / "home" / "secret.jpg"
     secret.parent.mkdir()
     secret.write_bytes((next((data / "images" / "train").iterdir())).read_bytes())
-    (data / "train.txt").write_text(f"./images/train/{next((data / 'images' / 'train').iterdir()).name}\n"
-                                    f"./../home/secret.jpg\n")
+    (data / "train.txt").write_text(
+        f"./images/train/{next((data / 'images' / 'train').iterdir()).name}\n./../home/secret.jpg\n"
+    )
     cfg = yaml.safe_load((data / "data.yaml").read_text())
     (data / "data.yaml").write_text(yaml.safe_dump({**cfg, "train": "train.txt"}))
     with pytest.raises(DataSourceError, match="outside every folder the yaml declares"):

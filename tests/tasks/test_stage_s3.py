@@ -19,8 +19,11 @@ from tests.s3server import FaultProxy, make_bucket, unique_bucket
 
 
 def _upload(endpoint: str, dataset: Path, prefix: str = "datasets/tiny") -> str:
-    files = {f"{prefix}/{p.relative_to(dataset).as_posix()}": p.read_bytes()
-             for p in sorted(dataset.rglob("*")) if p.is_file()}
+    files = {
+        f"{prefix}/{p.relative_to(dataset).as_posix()}": p.read_bytes()
+        for p in sorted(dataset.rglob("*"))
+        if p.is_file()
+    }
     bucket = unique_bucket("stage")
     make_bucket(endpoint, bucket, files)
     return f"s3://{bucket}/{prefix}"
@@ -34,8 +37,9 @@ def _stage(url: str, root: Path, endpoint: str | None = None, **kw: object):
     return stage_dataset(source_spec(url, base_dir=root, endpoint_url=endpoint), StageCache(root), **kw)
 
 
-def test_cold_then_warm_from_s3(s3_env: str, tmp_path: Path, tiny_dataset: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cold_then_warm_from_s3(
+    s3_env: str, tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = _upload(s3_env, tiny_dataset)
     cold = _stage(url, tmp_path / "cache")
     assert not cold.reused and cold.md5 == dvc_dir_md5(tiny_dataset)  # same version as on disk / in DVC
@@ -55,7 +59,9 @@ def test_corrupted_transfer_publishes_nothing_and_the_rerun_fetches_only_the_res
     s3_env: str, fault_proxy: FaultProxy, tmp_path: Path, tiny_dataset: Path
 ) -> None:
     url = _upload(s3_env, tiny_dataset)
-    victim = url.split("/", 3)[3] + "/labels/val/" + sorted(p.name for p in (tiny_dataset / "labels" / "val").iterdir())[0]
+    victim = (
+        url.split("/", 3)[3] + "/labels/val/" + sorted(p.name for p in (tiny_dataset / "labels" / "val").iterdir())[0]
+    )
     fault_proxy.configure(corrupt={victim: 1000})
     with pytest.raises(TransientSourceError, match="md5"):
         _stage(url, tmp_path / "cache", endpoint=fault_proxy.endpoint)
@@ -67,8 +73,9 @@ def test_corrupted_transfer_publishes_nothing_and_the_rerun_fetches_only_the_res
     assert fault_proxy.counts["get"] - before < staged.files, "the rerun must resume, not start over"
 
 
-def test_five_percent_errors_and_timeouts_are_retried(s3_env: str, fault_proxy: FaultProxy, tmp_path: Path,
-                                                      tiny_dataset: Path) -> None:
+def test_five_percent_errors_and_timeouts_are_retried(
+    s3_env: str, fault_proxy: FaultProxy, tmp_path: Path, tiny_dataset: Path
+) -> None:
     url = _upload(s3_env, tiny_dataset)
     fault_proxy.configure(error_rate=0.05, timeout_rate=0.05, delay=3.0, seed=7)
     spec = source_spec(url, base_dir=tmp_path, endpoint_url=fault_proxy.endpoint)
@@ -87,8 +94,9 @@ def test_five_percent_errors_and_timeouts_are_retried(s3_env: str, fault_proxy: 
     assert fault_proxy.counts["error"] + fault_proxy.counts["timeout"] > 0, fault_proxy.counts
 
 
-def test_bad_s3_sources_are_one_clear_error_and_publish_nothing(s3_env: str, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_s3_sources_are_one_clear_error_and_publish_nothing(
+    s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_bucket(s3_env, "empty-bucket-x", {})
     make_bucket(s3_env, "notyolo-bucket-x", {"stuff/readme.txt": b"hi", "stuff/a/b.bin": b"\x00"})
     cases = {
@@ -106,14 +114,18 @@ def test_bad_s3_sources_are_one_clear_error_and_publish_nothing(s3_env: str, tmp
     assert _published(tmp_path / "cache") == []
 
 
-def test_stage_cli_prints_json_and_records_without_paths(s3_env: str, tmp_path: Path, tiny_dataset: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_stage_cli_prints_json_and_records_without_paths(
+    s3_env: str, tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     url = _upload(s3_env, tiny_dataset)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": url}, "train": {"model": "yolo11n.yaml"},
-                                      "stage": {"root": str(tmp_path / "cache")}}))
+    params.write_text(
+        yaml.safe_dump(
+            {"data": {"source": url}, "train": {"model": "yolo11n.yaml"}, "stage": {"root": str(tmp_path / "cache")}}
+        )
+    )
     assert cli(["stage", "--params", str(params), "--json", "--record", str(tmp_path / "staged.json")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["md5"] == dvc_dir_md5(tiny_dataset) and out["reused"] is False and Path(out["path"]).is_dir()
@@ -121,18 +133,25 @@ def test_stage_cli_prints_json_and_records_without_paths(s3_env: str, tmp_path: 
     assert record == {"md5": out["md5"], "source": url, "files": out["files"], "bytes": out["bytes"]}
 
 
-def test_snapshot_turns_an_s3_prefix_into_a_dvc_version(s3_env: str, tmp_path: Path, tiny_dataset: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_snapshot_turns_an_s3_prefix_into_a_dvc_version(
+    s3_env: str, tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = _upload(s3_env, tiny_dataset)
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    for cmd in (["git", "init", "-q", "-b", "main"], [str(VENV_BIN / "dvc"), "init", "-q"],
-                [str(VENV_BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")]):
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        [str(VENV_BIN / "dvc"), "init", "-q"],
+        [str(VENV_BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")],
+    ):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
     params = repo / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": url}, "train": {"model": "yolo11n.yaml"},
-                                      "stage": {"root": str(tmp_path / "cache")}}))
+    params.write_text(
+        yaml.safe_dump(
+            {"data": {"source": url}, "train": {"model": "yolo11n.yaml"}, "stage": {"root": str(tmp_path / "cache")}}
+        )
+    )
     assert cli(["data", "snapshot", "--params", str(params), "shapes"]) == 0
     md5 = dvc_file_md5(repo / "data" / "shapes.dvc")
     assert md5 == dvc_dir_md5(tiny_dataset)
@@ -143,8 +162,12 @@ def test_snapshot_turns_an_s3_prefix_into_a_dvc_version(s3_env: str, tmp_path: P
 
 @pytest.mark.slow
 def test_train_flow_from_s3_records_the_data_version_and_no_secrets(
-    s3_env: str, tmp_path: Path, tiny_dataset: Path, mlflow_server: str, prefect_api: None,
-    monkeypatch: pytest.MonkeyPatch
+    s3_env: str,
+    tmp_path: Path,
+    tiny_dataset: Path,
+    mlflow_server: str,
+    prefect_api: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flows.train import train_flow
     from tasks.adapters.mlflow_tracking import Tracker
@@ -154,8 +177,15 @@ def test_train_flow_from_s3_records_the_data_version_and_no_secrets(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     url = _upload(s3_env, tiny_dataset)
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=mlflow_server,
-                          experiment="s3-flow", stage_root=tmp_path / "cache", epochs=1, plots=False)
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_dataset,
+        tracking_uri=mlflow_server,
+        experiment="s3-flow",
+        stage_root=tmp_path / "cache",
+        epochs=1,
+        plots=False,
+    )
     result = train_flow(params_path=str(params), overrides=[f"data.source={url}"])
     run = Tracker(mlflow_server).get_run(result.run_id)
     assert run.tags["trainyard.data_hash"] == dvc_dir_md5(tiny_dataset)

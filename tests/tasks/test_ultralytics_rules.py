@@ -144,7 +144,8 @@ def _keys_read_by_check_det_dataset() -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.target, ast.Name):
             looped.setdefault(node.target.id, set()).update(
-                c.value for c in ast.walk(node.iter) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                c.value for c in ast.walk(node.iter) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            )
 
     def is_data(expr: ast.AST) -> bool:
         return isinstance(expr, ast.Name) and expr.id == "data"
@@ -158,11 +159,19 @@ def _keys_read_by_check_det_dataset() -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Subscript) and is_data(node.value):
             found |= keys(node.slice)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
-              and node.func.attr in ("get", "pop") and is_data(node.func.value)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.args
+            and node.func.attr in ("get", "pop")
+            and is_data(node.func.value)
+        ):
             found |= keys(node.args[0])
-        elif (isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
-              and any(is_data(c) for c in node.comparators)):
+        elif (
+            isinstance(node, ast.Compare)
+            and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+            and any(is_data(c) for c in node.comparators)
+        ):
             found |= keys(node.left)
     return {k for k in found if k.isidentifier()}  # drops e.g. ".yaml" from an unrelated loop over suffixes
 
@@ -177,14 +186,18 @@ def test_known_keys_match_check_det_dataset() -> None:
     assert set(rules.KNOWN_KEYS) == (read | set(ul_data.DATASET_KEY_TYPES)) - {"yaml_file", "masks_dir"}
 
 
-@pytest.mark.parametrize(("width", "height"), [
-    pytest.param(rules.MIN_IMAGE_SIDE - 1, 40, id="narrow"),
-    pytest.param(40, rules.MIN_IMAGE_SIDE - 1, id="short"),
-    pytest.param(rules.MIN_IMAGE_SIDE, rules.MIN_IMAGE_SIDE, id="minimum"),
-    pytest.param(rules.MIN_IMAGE_SIDE + 1, rules.MIN_IMAGE_SIDE, id="minimum-height"),
-])
-def test_min_image_side_matches_check_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            width: int, height: int) -> None:
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        pytest.param(rules.MIN_IMAGE_SIDE - 1, 40, id="narrow"),
+        pytest.param(40, rules.MIN_IMAGE_SIDE - 1, id="short"),
+        pytest.param(rules.MIN_IMAGE_SIDE, rules.MIN_IMAGE_SIDE, id="minimum"),
+        pytest.param(rules.MIN_IMAGE_SIDE + 1, rules.MIN_IMAGE_SIDE, id="minimum-height"),
+    ],
+)
+def test_min_image_side_matches_check_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, height: int
+) -> None:
     """check_image: both sides must be > 9 pixels."""
     path = _write(tmp_path / "im.png", _encode(_rgb(width, height), "PNG"))
     accepted = min(width, height) >= rules.MIN_IMAGE_SIDE
@@ -200,15 +213,18 @@ def _float32_below(value: float) -> str:
     return repr(float(np.nextafter(np.float32(value), np.float32(-np.inf))))
 
 
-@pytest.mark.parametrize(("field", "value", "kept"), [
-    pytest.param(1, repr(rules.COORD_MAX), True, id="x-at-max"),
-    pytest.param(1, _float32_above(rules.COORD_MAX), False, id="x-beyond-max"),
-    pytest.param(2, repr(rules.COORD_MIN), True, id="y-at-min"),
-    pytest.param(2, _float32_below(rules.COORD_MIN), False, id="y-beyond-min"),
-    pytest.param(3, repr(rules.COORD_MAX), True, id="width-at-max"),
-    pytest.param(3, _float32_above(rules.COORD_MAX), False, id="width-beyond-max"),
-    pytest.param(4, "-0.001", False, id="height-negative-no-tolerance"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "kept"),
+    [
+        pytest.param(1, repr(rules.COORD_MAX), True, id="x-at-max"),
+        pytest.param(1, _float32_above(rules.COORD_MAX), False, id="x-beyond-max"),
+        pytest.param(2, repr(rules.COORD_MIN), True, id="y-at-min"),
+        pytest.param(2, _float32_below(rules.COORD_MIN), False, id="y-beyond-min"),
+        pytest.param(3, repr(rules.COORD_MAX), True, id="width-at-max"),
+        pytest.param(3, _float32_above(rules.COORD_MAX), False, id="width-beyond-max"),
+        pytest.param(4, "-0.001", False, id="height-negative-no-tolerance"),
+    ],
+)
 def test_coordinate_tolerance_matches_verify_image_label(tmp_path: Path, field: int, value: str, kept: bool) -> None:
     """verify_image_label: points <= 1.01; values >= -0.01 with width and height >= 0 (COORD_MAX, COORD_MIN)."""
     row = ["0", "0.5", "0.5", "0.2", "0.2"]
@@ -223,25 +239,28 @@ def test_coordinate_tolerance_matches_verify_image_label(tmp_path: Path, field: 
 # --------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize("image", [
-    pytest.param("/data/images/train/a.jpg", id="split-folder"),
-    pytest.param("/data/images/train/sub/deeper/a.png", id="nested"),
-    pytest.param("/data/train/a.jpg", id="no-images-folder"),
-    pytest.param("/images/data/images/train/images/a.jpg", id="several-images-folders"),
-    pytest.param("/data/images.old/images/a.jpg", id="images-prefix-folder"),
-    pytest.param("/data/my.images/train.v2/a.b.c.jpg", id="dots-in-names"),
-    pytest.param("/data/images/noext", id="no-extension"),
-    pytest.param("/data/images.d/noext", id="dot-only-in-folder"),
-    pytest.param("/data/images/.hidden.jpg", id="hidden-file"),
-    pytest.param("/data//images//a.jpg", id="double-slashes"),
-    pytest.param("/data/with space/images/my file.jpg", id="spaces"),
-    pytest.param("/dätä/images/ünïcode 画像.jpg", id="unicode"),
-    pytest.param("/data/images/A.JPG", id="upper-case-extension"),
-    pytest.param("/data/IMAGES/a.jpg", id="upper-case-images-folder"),
-    pytest.param("relative/images/a.jpeg", id="relative"),
-    pytest.param("images/a.jpg", id="relative-images-first"),
-    pytest.param("a.tar.jpg", id="bare-name"),
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param("/data/images/train/a.jpg", id="split-folder"),
+        pytest.param("/data/images/train/sub/deeper/a.png", id="nested"),
+        pytest.param("/data/train/a.jpg", id="no-images-folder"),
+        pytest.param("/images/data/images/train/images/a.jpg", id="several-images-folders"),
+        pytest.param("/data/images.old/images/a.jpg", id="images-prefix-folder"),
+        pytest.param("/data/my.images/train.v2/a.b.c.jpg", id="dots-in-names"),
+        pytest.param("/data/images/noext", id="no-extension"),
+        pytest.param("/data/images.d/noext", id="dot-only-in-folder"),
+        pytest.param("/data/images/.hidden.jpg", id="hidden-file"),
+        pytest.param("/data//images//a.jpg", id="double-slashes"),
+        pytest.param("/data/with space/images/my file.jpg", id="spaces"),
+        pytest.param("/dätä/images/ünïcode 画像.jpg", id="unicode"),
+        pytest.param("/data/images/A.JPG", id="upper-case-extension"),
+        pytest.param("/data/IMAGES/a.jpg", id="upper-case-images-folder"),
+        pytest.param("relative/images/a.jpeg", id="relative"),
+        pytest.param("images/a.jpg", id="relative-images-first"),
+        pytest.param("a.tar.jpg", id="bare-name"),
+    ],
+)
 def test_label_path_matches_img2label_paths(image: str) -> None:
     """data/utils.py img2label_paths."""
     image = image.replace("/", os.sep)
@@ -281,16 +300,23 @@ def test_validate_counts_the_images_get_img_files_lists(tmp_path: Path) -> None:
     """get_img_files on a folder (glob **/*.*) and a .txt list (BOM, CRLF): validate_dataset counts the same images."""
     root = tmp_path / "ds"
     val_dir = root / "images" / "val [1]"  # glob metacharacters in the folder name
-    for name in ("a.jpg", "B.PNG", "sub/c.jpeg", "sub/deeper/d.webp", ".hidden.jpg", "notes.txt", "noext",
-                 "e.tar.bmp"):
+    for name in ("a.jpg", "B.PNG", "sub/c.jpeg", "sub/deeper/d.webp", ".hidden.jpg", "notes.txt", "noext", "e.tar.bmp"):
         _write(val_dir / name, _encode(_rgb(), "PNG"))
     outside = tmp_path / "other place"
     for name in ("x.jpg", "y.JPG"):
         _write(outside / "images" / name, _encode(_rgb(), "JPEG"))
     for name in ("t1.jpg", "t2.png", "T3.JPEG"):
         _write(root / "images" / "train" / name, _encode(_rgb(), "PNG"))
-    lines = ["./images/train/t1.jpg", "./images/train/t2.png", "./images/train/T3.JPEG", "./images/train/t1.jpg",
-             str(outside / "images" / "x.jpg"), str(outside / "images" / "y.JPG"), "README.md", ""]
+    lines = [
+        "./images/train/t1.jpg",
+        "./images/train/t2.png",
+        "./images/train/T3.JPEG",
+        "./images/train/t1.jpg",
+        str(outside / "images" / "x.jpg"),
+        str(outside / "images" / "y.JPG"),
+        "README.md",
+        "",
+    ]
     list_file = _write(root / "train.txt", ("\ufeff" + "\r\n".join(lines)).encode())
     _write(root / "data.yaml", "train: train.txt\nval: 'images/val [1]'\nnames: [a, b, c]\n")
 
@@ -315,25 +341,28 @@ def test_polygon_box_matches_segments2boxes(seed: int) -> None:
         assert rules.polygon_box(points) == pytest.approx(expected.tolist(), abs=1e-6)
 
 
-@pytest.mark.parametrize("names_yaml", [
-    pytest.param("nc: 1", id="nc-1"),
-    pytest.param("nc: 4", id="nc-4"),
-    pytest.param("nc: '4'", id="nc-string"),
-    pytest.param("nc: 5.0", id="nc-float"),
-    pytest.param("names: null\nnc: 2", id="names-null-nc"),
-    pytest.param("names: [cat, dog]", id="list"),
-    pytest.param("names: [cat, dog]\nnc: 2", id="list-and-nc"),
-    pytest.param("names: {0: cat, 1: dog}", id="mapping"),
-    pytest.param("names: {'1': dog, '0': cat}", id="mapping-string-keys-unordered"),
-    pytest.param("names: [1, true, 2.5]", id="non-string-names"),
-    pytest.param("nc: 1.5", id="refused-nc-fraction"),
-    pytest.param("nc: many", id="refused-nc-word"),
-    pytest.param("names: []", id="refused-names-empty"),
-    pytest.param("names: {0: cat, 2: dog}", id="refused-names-gap"),
-    pytest.param("names: [cat]\nnc: 2", id="refused-names-nc-mismatch"),
-    pytest.param("names: cat", id="refused-names-string"),
-    pytest.param("", id="refused-no-names-no-nc"),
-])
+@pytest.mark.parametrize(
+    "names_yaml",
+    [
+        pytest.param("nc: 1", id="nc-1"),
+        pytest.param("nc: 4", id="nc-4"),
+        pytest.param("nc: '4'", id="nc-string"),
+        pytest.param("nc: 5.0", id="nc-float"),
+        pytest.param("names: null\nnc: 2", id="names-null-nc"),
+        pytest.param("names: [cat, dog]", id="list"),
+        pytest.param("names: [cat, dog]\nnc: 2", id="list-and-nc"),
+        pytest.param("names: {0: cat, 1: dog}", id="mapping"),
+        pytest.param("names: {'1': dog, '0': cat}", id="mapping-string-keys-unordered"),
+        pytest.param("names: [1, true, 2.5]", id="non-string-names"),
+        pytest.param("nc: 1.5", id="refused-nc-fraction"),
+        pytest.param("nc: many", id="refused-nc-word"),
+        pytest.param("names: []", id="refused-names-empty"),
+        pytest.param("names: {0: cat, 2: dog}", id="refused-names-gap"),
+        pytest.param("names: [cat]\nnc: 2", id="refused-names-nc-mismatch"),
+        pytest.param("names: cat", id="refused-names-string"),
+        pytest.param("", id="refused-no-names-no-nc"),
+    ],
+)
 def test_names_match_check_det_dataset(tmp_path: Path, names_yaml: str) -> None:
     """check_det_dataset + nn/autobackend.py check_class_names: trainyard's names (default_names for nc only)."""
     for split in ("train", "val"):
@@ -361,8 +390,10 @@ def test_names_match_check_det_dataset(tmp_path: Path, names_yaml: str) -> None:
 
 _BOX = "0 0.5 0.5 0.2 0.3"
 _POLY = "0 0.1 0.1 0.4 0.1 0.4 0.5"
-_ZERO_SIZE = ("Ultralytics keeps a zero-size box in the label cache, then its augmentation drops it "
-              "(box_candidates), so it never trains; trainyard names the row")
+_ZERO_SIZE = (
+    "Ultralytics keeps a zero-size box in the label cache, then its augmentation drops it "
+    "(box_candidates), so it never trains; trainyard names the row"
+)
 # (content, why trainyard refuses what Ultralytics keeps: "" when both must agree)
 LABEL_CASES = [
     # kept by both
@@ -469,9 +500,11 @@ def test_label_verdict_matches_verify_image_label(tmp_path: Path, content: str |
 
 # --------------------------------------------------------------------------- image verdicts
 
-_AFTER_EOI = ("Ultralytics rewrites a JPEG without the end-of-image marker at the end in place (the "
-              "'corrupt JPEG restored' message) and trains the re-encoded pixels; trainyard refuses it so "
-              "the source data gets re-exported instead of rewritten behind the user's back")
+_AFTER_EOI = (
+    "Ultralytics rewrites a JPEG without the end-of-image marker at the end in place (the "
+    "'corrupt JPEG restored' message) and trains the re-encoded pixels; trainyard refuses it so "
+    "the source data gets re-exported instead of rewritten behind the user's back"
+)
 
 
 def _truncated_jpeg() -> bytes:
@@ -497,21 +530,26 @@ IMAGE_CASES = [
     pytest.param("upper.JPG", lambda: _encode(_rgb(), "JPEG"), "", id="upper-case-jpg"),
     pytest.param("gray.jpg", lambda: _encode(_rgb().convert("L"), "JPEG"), "", id="grayscale-jpeg"),
     pytest.param("gray.png", lambda: _encode(_rgb().convert("L"), "PNG"), "", id="grayscale-png"),
-    pytest.param("deep.png", lambda: _encode(Image.fromarray(np.full((20, 20), 4000, np.uint16)), "PNG"), "",
-                 id="16-bit-png"),
+    pytest.param(
+        "deep.png", lambda: _encode(Image.fromarray(np.full((20, 20), 4000, np.uint16)), "PNG"), "", id="16-bit-png"
+    ),
     pytest.param("palette.png", lambda: _encode(_rgb().convert("P"), "PNG"), "", id="palette-png"),
     pytest.param("cmyk.jpg", lambda: _encode(_rgb().convert("CMYK"), "JPEG"), "", id="cmyk-jpeg"),
     pytest.param("rotated.jpg", lambda: _with_orientation("JPEG", 40, 20), "", id="exif-rotated-jpeg"),
     pytest.param("rotated_small.jpg", lambda: _with_orientation("JPEG", 40, 9), "", id="exif-rotated-too-small"),
-    pytest.param("rotated.webp", lambda: _with_orientation("WEBP", 40, 20), "", id="exif-rotated-webp",
-                 marks=_skip_unless("webp")),
+    pytest.param(
+        "rotated.webp",
+        lambda: _with_orientation("WEBP", 40, 20),
+        "",
+        id="exif-rotated-webp",
+        marks=_skip_unless("webp"),
+    ),
     pytest.param("rotated.tif", lambda: _with_orientation("TIFF", 40, 20), "", id="exif-rotated-tiff"),
     pytest.param("webp.webp", lambda: _encode(_rgb(), "WEBP"), "", id="webp", marks=_skip_unless("webp")),
     pytest.param("tiff.tiff", lambda: _encode(_rgb(), "TIFF"), "", id="tiff"),
     pytest.param("bmp.bmp", lambda: _encode(_rgb(), "BMP"), "", id="bmp"),
     pytest.param("mpo.mpo", lambda: _encode(_rgb(), "MPO", save_all=True, append_images=[_rgb()]), "", id="mpo"),
-    pytest.param("jp2.jp2", lambda: _encode(_rgb(), "JPEG2000"), "", id="jpeg2000",
-                 marks=_skip_unless("jpg_2000")),
+    pytest.param("jp2.jp2", lambda: _encode(_rgb(), "JPEG2000"), "", id="jpeg2000", marks=_skip_unless("jpg_2000")),
     pytest.param("avif.avif", lambda: _encode(_rgb(), "AVIF"), "", id="avif", marks=_skip_unless("avif")),
     pytest.param("png_named.jpg", lambda: _encode(_rgb(), "PNG"), "", id="png-named-jpg"),
     pytest.param("gif_named.jpg", lambda: _encode(_rgb(), "GIF"), "", id="gif-named-jpg"),
@@ -526,8 +564,9 @@ IMAGE_CASES = [
 
 
 @pytest.mark.parametrize(("name", "build", "stricter"), IMAGE_CASES)
-def test_image_verdict_matches_check_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
-                                           build: Callable[[], bytes], stricter: str) -> None:
+def test_image_verdict_matches_check_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, build: Callable[[], bytes], stricter: str
+) -> None:
     """data/utils.py check_image: trainyard's _check_image is None exactly when check_image does not raise.
 
     Ultralytics runs on a copy: check_image may rewrite a JPEG in place; trainyard never writes.

@@ -38,9 +38,7 @@ def make_dataset(
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         for i in range(n_images):
-            Image.new("RGB", size, (i * 40, 100, 200)).save(
-                root / "images" / split / f"img_{i:03d}.{ext}", fmt
-            )
+            Image.new("RGB", size, (i * 40, 100, 200)).save(root / "images" / split / f"img_{i:03d}.{ext}", fmt)
             (root / "labels" / split / f"img_{i:03d}.txt").write_text(GOOD_LABEL)
     config = {"path": ".", "train": "images/train", "val": "images/val", "names": list(NAMES)}
     config.update(extra_yaml or {})
@@ -121,98 +119,259 @@ def tiny_image(root: Path) -> None:
 # Each is something Ultralytics would crash on, or silently drop, skip, rewrite or misread.
 BROKEN: list[tuple[str, Callable[[Path], None], str, str, int]] = [
     ("no-data-yaml", remove("data.yaml"), "", "no dataset yaml", 1),
-    ("yaml-syntax", raw_write("data.yaml", "train: images/train\nval: [images/val\nnames: [a]\n"),
-     "data.yaml:", "not valid YAML", 1),
-    ("yaml-not-mapping", raw_write("data.yaml", "- images/train\n- images/val\n"),
-     "data.yaml:", "not a mapping", 1),
+    (
+        "yaml-syntax",
+        raw_write("data.yaml", "train: images/train\nval: [images/val\nnames: [a]\n"),
+        "data.yaml:",
+        "not valid YAML",
+        1,
+    ),
+    ("yaml-not-mapping", raw_write("data.yaml", "- images/train\n- images/val\n"), "data.yaml:", "not a mapping", 1),
     ("missing-val", edit_yaml(val=_DELETE), "data.yaml:", "required key 'val' is missing", 1),
     ("train-not-string", edit_yaml(train=5), "data.yaml:2:", "train must be a string or a list", 1),
     ("path-not-string", edit_yaml(path=3), "data.yaml:1:", "path must be a string", 1),
     ("path-missing-folder", edit_yaml(path="nowhere"), "data.yaml:1:", "path 'nowhere' is not a folder", 1),
     ("names-empty", edit_yaml(names=[]), "data.yaml:4:", "names is empty", 1),
-    ("names-gap", edit_yaml(names={0: "cat", 2: "dog", 3: "bird"}), "data.yaml:4:",
-     "must run 0..2 without gaps", 1),
-    ("names-key-twice", edit_yaml(names={0: "cat", "0": "dog", 1: "bird"}), "data.yaml:",
-     "class id 0 given twice", 1),
-    ("name-not-string", edit_yaml(names=["cat", None, "bird"]), "data.yaml:",
-     "name of class 1 must be a non-empty string", 1),
+    ("names-gap", edit_yaml(names={0: "cat", 2: "dog", 3: "bird"}), "data.yaml:4:", "must run 0..2 without gaps", 1),
+    ("names-key-twice", edit_yaml(names={0: "cat", "0": "dog", 1: "bird"}), "data.yaml:", "class id 0 given twice", 1),
+    (
+        "name-not-string",
+        edit_yaml(names=["cat", None, "bird"]),
+        "data.yaml:",
+        "name of class 1 must be a non-empty string",
+        1,
+    ),
     ("nc-mismatch", edit_yaml(nc=4), "data.yaml:5:", "nc is 4 but names lists 3 classes", 1),
     ("nc-not-integer", edit_yaml(names=_DELETE, nc="three"), "data.yaml:", "nc must be an integer", 1),
     ("split-dir-missing", edit_yaml(val="images/valid"), "data.yaml:3:", "'images/valid' does not exist", 1),
-    ("split-differs-by-space", edit_yaml(val="images/val "), "data.yaml:3:", "without the surrounding spaces exists",
-     1),
+    (
+        "split-differs-by-space",
+        edit_yaml(val="images/val "),
+        "data.yaml:3:",
+        "without the surrounding spaces exists",
+        1,
+    ),
     ("test-dir-missing", edit_yaml(test="images/test"), "data.yaml:5:", "'images/test' does not exist", 1),
     ("split-is-an-image", edit_yaml(test="images/val/img_000.png"), "data.yaml:5:", "is an image file", 1),
-    ("split-no-images", lambda root: [p.unlink() for p in (root / "images/val").iterdir()],
-     "data.yaml:3:", "val split has no images", 1),
-    ("corrupt-image", raw_write("images/train/img_001.jpg", b"this is not a jpeg at all"),
-     "images/train/img_001.jpg:", "not an image", 1),
-    ("gif-named-jpg", lambda root: Image.new("RGB", (32, 32)).save(root / "images/train/img_001.jpg", "GIF"),
-     "images/train/img_001.jpg:", "is a GIF file; Ultralytics skips that format", 1),
+    (
+        "split-no-images",
+        lambda root: [p.unlink() for p in (root / "images/val").iterdir()],
+        "data.yaml:3:",
+        "val split has no images",
+        1,
+    ),
+    (
+        "corrupt-image",
+        raw_write("images/train/img_001.jpg", b"this is not a jpeg at all"),
+        "images/train/img_001.jpg:",
+        "not an image",
+        1,
+    ),
+    (
+        "gif-named-jpg",
+        lambda root: Image.new("RGB", (32, 32)).save(root / "images/train/img_001.jpg", "GIF"),
+        "images/train/img_001.jpg:",
+        "is a GIF file; Ultralytics skips that format",
+        1,
+    ),
     ("zero-byte-image", raw_write("images/val/img_000.png", b""), "images/val/img_000.png:", "empty", 1),
-    ("dangling-symlink", lambda root: ((root / "images/val/img_000.png").unlink(),
-                                       (root / "images/val/img_000.png").symlink_to(root / "gone.png")),
-     "images/val/img_000.png:", "which does not exist", 1),
+    (
+        "dangling-symlink",
+        lambda root: (
+            (root / "images/val/img_000.png").unlink(),
+            (root / "images/val/img_000.png").symlink_to(root / "gone.png"),
+        ),
+        "images/val/img_000.png:",
+        "which does not exist",
+        1,
+    ),
     ("truncated-jpeg", truncate_jpeg, "images/train/img_001.jpg:", "truncated", 1),
     ("tiny-image", tiny_image, "images/val/img_002.png:", "5x5 pixels", 1),
-    ("label-4-values", label_line("labels/train/img_001.txt", "0 0.5 0.5 0.2"),
-     "labels/train/img_001.txt:2:", "4 values, expected 5", 1),
-    ("label-6-values", label_line("labels/train/img_001.txt", "0 0.5 0.5 0.2 0.2 0.9"),
-     "labels/train/img_001.txt:2:", "6 values, expected 5", 1),
-    ("label-non-numeric", label_line("labels/val/img_000.txt", "0 0.5 abc 0.2 0.3"),
-     "labels/val/img_000.txt:2:", "'abc' is not a number", 1),
-    ("class-too-big", label_line("labels/train/img_002.txt", "5 0.5 0.5 0.2 0.3"),
-     "labels/train/img_002.txt:2:", "class id 5 >= nc 3 (valid: 0..2)", 1),
-    ("class-negative", label_line("labels/train/img_000.txt", "-1 0.5 0.5 0.2 0.3"),
-     "labels/train/img_000.txt:2:", "class id -1 is negative", 1),
-    ("class-fractional", label_line("labels/train/img_000.txt", "1.5 0.5 0.5 0.2 0.3", 1),
-     "labels/train/img_000.txt:1:", "class id '1.5' is not an integer", 1),
-    ("coord-above-tolerance", label_line("labels/val/img_001.txt", "2 1.2 0.5 0.2 0.3"),
-     "labels/val/img_001.txt:2:", "x_center=1.2 outside [0, 1]", 1),
-    ("coord-just-above-tolerance", label_line("labels/val/img_001.txt", "2 1.0101 0.5 0.2 0.3"),
-     "labels/val/img_001.txt:2:", "x_center=1.0101 outside [0, 1]", 1),
-    ("negative-height", label_line("labels/val/img_001.txt", "2 0.5 0.5 0.2 -0.003"),
-     "labels/val/img_001.txt:2:", "height=-0.003 outside [0, 1]", 1),
-    ("coord-nan", label_line("labels/val/img_001.txt", "2 0.5 nan 0.2 0.3"),
-     "labels/val/img_001.txt:2:", "y_center=nan not a finite number", 1),
-    ("coord-inf", label_line("labels/val/img_001.txt", "2 0.5 0.5 inf 0.3"),
-     "labels/val/img_001.txt:2:", "width=inf not a finite number", 1),
-    ("zero-width-box", label_line("labels/train/img_001.txt", "1 0.5 0.5 0 0.3"),
-     "labels/train/img_001.txt:2:", "zero-size box", 1),
-    ("tiny-height-box", label_line("labels/train/img_001.txt", "1 0.5 0.5 0.2 0.0000001"),
-     "labels/train/img_001.txt:2:", "zero-size box", 1),
-    ("boxes-and-polygons-mixed", label_line("labels/train/img_002.txt", "0 0.1 0.1 0.9 0.1 0.9 0.9"),
-     "labels/train/img_002.txt:1:", "a box row in a file with polygon rows (line 2)", 1),
-    ("polygon-odd-coordinates", raw_write("labels/train/img_002.txt", "0 0.1 0.1 0.9 0.1 0.9 0.9 0.5\n"),
-     "labels/train/img_002.txt:1:", "polygon with 7 coordinates", 1),
-    ("label-is-a-folder", lambda root: ((root / "labels/val/img_001.txt").unlink(),
-                                        (root / "labels/val/img_001.txt").mkdir()),
-     "labels/val/img_001.txt:", "is a folder, not a label file", 1),
-    ("labels-where-ultralytics-never-looks", lambda root: (root / "labels/val/img_002.txt").rename(
-        root / "images/val/img_002.txt"), "images/val/img_002.png:", "but Ultralytics reads labels/val/img_002.txt",
-     1),
+    (
+        "label-4-values",
+        label_line("labels/train/img_001.txt", "0 0.5 0.5 0.2"),
+        "labels/train/img_001.txt:2:",
+        "4 values, expected 5",
+        1,
+    ),
+    (
+        "label-6-values",
+        label_line("labels/train/img_001.txt", "0 0.5 0.5 0.2 0.2 0.9"),
+        "labels/train/img_001.txt:2:",
+        "6 values, expected 5",
+        1,
+    ),
+    (
+        "label-non-numeric",
+        label_line("labels/val/img_000.txt", "0 0.5 abc 0.2 0.3"),
+        "labels/val/img_000.txt:2:",
+        "'abc' is not a number",
+        1,
+    ),
+    (
+        "class-too-big",
+        label_line("labels/train/img_002.txt", "5 0.5 0.5 0.2 0.3"),
+        "labels/train/img_002.txt:2:",
+        "class id 5 >= nc 3 (valid: 0..2)",
+        1,
+    ),
+    (
+        "class-negative",
+        label_line("labels/train/img_000.txt", "-1 0.5 0.5 0.2 0.3"),
+        "labels/train/img_000.txt:2:",
+        "class id -1 is negative",
+        1,
+    ),
+    (
+        "class-fractional",
+        label_line("labels/train/img_000.txt", "1.5 0.5 0.5 0.2 0.3", 1),
+        "labels/train/img_000.txt:1:",
+        "class id '1.5' is not an integer",
+        1,
+    ),
+    (
+        "coord-above-tolerance",
+        label_line("labels/val/img_001.txt", "2 1.2 0.5 0.2 0.3"),
+        "labels/val/img_001.txt:2:",
+        "x_center=1.2 outside [0, 1]",
+        1,
+    ),
+    (
+        "coord-just-above-tolerance",
+        label_line("labels/val/img_001.txt", "2 1.0101 0.5 0.2 0.3"),
+        "labels/val/img_001.txt:2:",
+        "x_center=1.0101 outside [0, 1]",
+        1,
+    ),
+    (
+        "negative-height",
+        label_line("labels/val/img_001.txt", "2 0.5 0.5 0.2 -0.003"),
+        "labels/val/img_001.txt:2:",
+        "height=-0.003 outside [0, 1]",
+        1,
+    ),
+    (
+        "coord-nan",
+        label_line("labels/val/img_001.txt", "2 0.5 nan 0.2 0.3"),
+        "labels/val/img_001.txt:2:",
+        "y_center=nan not a finite number",
+        1,
+    ),
+    (
+        "coord-inf",
+        label_line("labels/val/img_001.txt", "2 0.5 0.5 inf 0.3"),
+        "labels/val/img_001.txt:2:",
+        "width=inf not a finite number",
+        1,
+    ),
+    (
+        "zero-width-box",
+        label_line("labels/train/img_001.txt", "1 0.5 0.5 0 0.3"),
+        "labels/train/img_001.txt:2:",
+        "zero-size box",
+        1,
+    ),
+    (
+        "tiny-height-box",
+        label_line("labels/train/img_001.txt", "1 0.5 0.5 0.2 0.0000001"),
+        "labels/train/img_001.txt:2:",
+        "zero-size box",
+        1,
+    ),
+    (
+        "boxes-and-polygons-mixed",
+        label_line("labels/train/img_002.txt", "0 0.1 0.1 0.9 0.1 0.9 0.9"),
+        "labels/train/img_002.txt:1:",
+        "a box row in a file with polygon rows (line 2)",
+        1,
+    ),
+    (
+        "polygon-odd-coordinates",
+        raw_write("labels/train/img_002.txt", "0 0.1 0.1 0.9 0.1 0.9 0.9 0.5\n"),
+        "labels/train/img_002.txt:1:",
+        "polygon with 7 coordinates",
+        1,
+    ),
+    (
+        "label-is-a-folder",
+        lambda root: ((root / "labels/val/img_001.txt").unlink(), (root / "labels/val/img_001.txt").mkdir()),
+        "labels/val/img_001.txt:",
+        "is a folder, not a label file",
+        1,
+    ),
+    (
+        "labels-where-ultralytics-never-looks",
+        lambda root: (root / "labels/val/img_002.txt").rename(root / "images/val/img_002.txt"),
+        "images/val/img_002.png:",
+        "but Ultralytics reads labels/val/img_002.txt",
+        1,
+    ),
     ("val-without-boxes", remove("labels/val"), "data.yaml:3:", "the val split has no boxes at all", 1),
-    ("orphan-label", raw_write("labels/train/ghost.txt", GOOD_LABEL), "labels/train/ghost.txt:",
-     "label file without a matching image", 1),
-    ("two-images-one-label", lambda root: Image.new("RGB", (32, 32)).save(
-        root / "images/train/img_000.png"), "images/train/img_000.png:", "shares label file", 1),
-    ("label-not-text", raw_write("labels/train/img_000.txt", b"\xff\xfe\x00\x81garbage"),
-     "labels/train/img_000.txt:", "not a UTF-8 text file", 1),
-    ("duplicate-yaml-key", raw_write(
-        "data.yaml", "train: images/train\nval: images/val\nnames: [a, b, c]\nval: images/val\n"),
-     "data.yaml:4:", "key 'val' given twice", 1),
-    ("list-line-relative-to-cwd", lambda root: (raw_write("val.txt", "images/val/img_000.png\n")(root),
-                                                edit_yaml(val="val.txt")(root)),
-     "val.txt:1:", "relative to the working directory", 1),
-    ("list-line-not-an-image", lambda root: (raw_write("val.txt", "./images/val/img_000.png\n./notes.md\n")(root),
-                                             edit_yaml(val="val.txt")(root)),
-     "val.txt:2:", "is not an image path", 1),
-    ("list-line-trailing-space", lambda root: (raw_write("val.txt", "./images/val/img_000.png \n"
-                                                         "./images/val/img_001.png\n")(root),
-                                               edit_yaml(val="val.txt")(root)),
-     "val.txt:1:", "has spaces around the path", 1),
-    ("list-image-missing", lambda root: (raw_write("val.txt", "./images/val/img_000.png\n./images/val/gone.png\n")(
-        root), edit_yaml(val="val.txt")(root)), "images/val/gone.png:", "listed image does not exist", 1),
+    (
+        "orphan-label",
+        raw_write("labels/train/ghost.txt", GOOD_LABEL),
+        "labels/train/ghost.txt:",
+        "label file without a matching image",
+        1,
+    ),
+    (
+        "two-images-one-label",
+        lambda root: Image.new("RGB", (32, 32)).save(root / "images/train/img_000.png"),
+        "images/train/img_000.png:",
+        "shares label file",
+        1,
+    ),
+    (
+        "label-not-text",
+        raw_write("labels/train/img_000.txt", b"\xff\xfe\x00\x81garbage"),
+        "labels/train/img_000.txt:",
+        "not a UTF-8 text file",
+        1,
+    ),
+    (
+        "duplicate-yaml-key",
+        raw_write("data.yaml", "train: images/train\nval: images/val\nnames: [a, b, c]\nval: images/val\n"),
+        "data.yaml:4:",
+        "key 'val' given twice",
+        1,
+    ),
+    (
+        "list-line-relative-to-cwd",
+        lambda root: (raw_write("val.txt", "images/val/img_000.png\n")(root), edit_yaml(val="val.txt")(root)),
+        "val.txt:1:",
+        "relative to the working directory",
+        1,
+    ),
+    (
+        "list-line-not-an-image",
+        lambda root: (
+            raw_write("val.txt", "./images/val/img_000.png\n./notes.md\n")(root),
+            edit_yaml(val="val.txt")(root),
+        ),
+        "val.txt:2:",
+        "is not an image path",
+        1,
+    ),
+    (
+        "list-line-trailing-space",
+        lambda root: (
+            raw_write("val.txt", "./images/val/img_000.png \n./images/val/img_001.png\n")(root),
+            edit_yaml(val="val.txt")(root),
+        ),
+        "val.txt:1:",
+        "has spaces around the path",
+        1,
+    ),
+    (
+        "list-image-missing",
+        lambda root: (
+            raw_write("val.txt", "./images/val/img_000.png\n./images/val/gone.png\n")(root),
+            edit_yaml(val="val.txt")(root),
+        ),
+        "images/val/gone.png:",
+        "listed image does not exist",
+        1,
+    ),
 ]
 
 
@@ -221,8 +380,10 @@ def test_strict_makes_a_missing_label_an_error(tmp_path: Path) -> None:
     (root / "labels/val/img_002.txt").unlink()
     assert validate_dataset(root).ok
     report = validate_dataset(root, strict=True)
-    assert report.problems == ["images/val/img_002.png: no label file labels/val/img_002.txt (validate.strict is "
-                               "on; add an empty labels/val/img_002.txt to mark a background image)"]
+    assert report.problems == [
+        "images/val/img_002.png: no label file labels/val/img_002.txt (validate.strict is "
+        "on; add an empty labels/val/img_002.txt to mark a background image)"
+    ]
 
 
 def test_valid_dataset_is_ok_with_correct_counts(tmp_path: Path) -> None:
@@ -240,8 +401,15 @@ def test_valid_dataset_is_ok_with_correct_counts(tmp_path: Path) -> None:
     assert ensure_valid(root) == report
     summary = json.loads(json.dumps(report.to_dict()))
     assert summary["root"] == str(root) and summary["yaml"] == "data.yaml"
-    assert summary["splits"]["train"] == {"images": 3, "labels": 3, "boxes": 4, "backgrounds": 1,
-                                          "missing_labels": 0, "polygons": 0, "duplicates": 0}
+    assert summary["splits"]["train"] == {
+        "images": 3,
+        "labels": 3,
+        "boxes": 4,
+        "backgrounds": 1,
+        "missing_labels": 0,
+        "polygons": 0,
+        "duplicates": 0,
+    }
     assert summary["problem_count"] == 0 and summary["problems"] == []
 
 
@@ -252,8 +420,9 @@ def test_names_as_mapping_and_matching_nc_are_accepted(tmp_path: Path) -> None:
     assert report.names == NAMES and report.nc == 3
 
 
-@pytest.mark.parametrize(("mutate", "prefix", "text", "count"),
-                         [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
+@pytest.mark.parametrize(
+    ("mutate", "prefix", "text", "count"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN]
+)
 def test_broken_dataset_is_reported(
     tmp_path: Path, mutate: Callable[[Path], None], prefix: str, text: str, count: int
 ) -> None:
@@ -444,13 +613,14 @@ def test_the_dataset_yaml_can_have_any_name_but_must_be_one(tmp_path: Path) -> N
     assert validate_dataset(root).ok and validate_dataset(root).yaml == "shapes.yaml"
     (root / "other.yml").write_text("train: images/val\nval: images/val\nnames: [a, b, c]\n")
     report = validate_dataset(root)
-    assert report.problems == [f"{root}: 2 dataset yamls (other.yml, shapes.yaml); point data.source at the one to "
-                               f"train, e.g. {root / 'other.yml'}"]
+    assert report.problems == [
+        f"{root}: 2 dataset yamls (other.yml, shapes.yaml); point data.source at the one to "
+        f"train, e.g. {root / 'other.yml'}"
+    ]
     assert validate_dataset(root / "other.yml").ok
 
 
-def test_worker_processes_report_exactly_what_one_process_does(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_report_exactly_what_one_process_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tasks.validate as validate_mod
 
     root = make_dataset(tmp_path / "ds", n_images=12)

@@ -79,7 +79,9 @@ def test_gpu_request_without_nvidia_runtime_says_how_to_fix(engine: Any, tmp_pat
     data.mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "data.yaml").write_text(f"path: {data}\n")
-    job = TrainJob(run_dir=str(tmp_path / "run"), data_yaml=str(tmp_path / "run" / "data.yaml"), args={"model": "x.yaml"})
+    job = TrainJob(
+        run_dir=str(tmp_path / "run"), data_yaml=str(tmp_path / "run" / "data.yaml"), args={"model": "x.yaml"}
+    )
     runner = DockerRunner("trainyard-test/gpu:1", gpus="all", pull=False, client=engine)
     with pytest.raises(RunnerError, match="NVIDIA Container Toolkit"):
         runner.run(job, {}, lambda line: None)
@@ -88,8 +90,9 @@ def test_gpu_request_without_nvidia_runtime_says_how_to_fix(engine: Any, tmp_pat
 
 def test_doctor_reports_docker_and_the_missing_gpu_plainly(engine: Any, tmp_path: Path, tiny_dataset: Path) -> None:
     _import_image(engine, "trainyard-test/doctor:1", b"d")
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
     p = load_params(params, ["runner.kind=docker", "container.image=trainyard-test/doctor:1", "container.pull=false"])
     checks = {c.name: c for c in run_checks(p, nvml=FakeNoGpuNvml())}
     assert checks["docker daemon"].ok and checks["training image"].ok
@@ -115,11 +118,16 @@ def test_doctor_catches_a_driver_too_old_for_the_image(engine: Any, tmp_path: Pa
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w"):
         pass
-    proc = subprocess.run(["docker", "import", "--change", "LABEL org.trainyard.cuda=13.0", "-", "trainyard-test/cuda13:1"],
-                          input=tar.getvalue(), capture_output=True, check=True)
+    proc = subprocess.run(
+        ["docker", "import", "--change", "LABEL org.trainyard.cuda=13.0", "-", "trainyard-test/cuda13:1"],
+        input=tar.getvalue(),
+        capture_output=True,
+        check=True,
+    )
     _CREATED.append(proc.stdout.decode().strip())
-    params = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x",
-                          stage_root=tmp_path / "stage")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
     p = load_params(params, ["runner.kind=docker", "container.image=trainyard-test/cuda13:1", "container.pull=false"])
     checks = {c.name: c for c in run_checks(p, nvml=FakeNvml(cuda=12040))}
     assert checks["training image"].detail.endswith("(CUDA 13.0)")

@@ -35,9 +35,7 @@ needs_dvc = pytest.mark.skipif(_dvc() is None, reason="the dvc CLI is not instal
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def _git_repo(path: Path) -> Path:

@@ -14,12 +14,21 @@ from tasks.adapters.kubernetes_manifest import validate_job_manifest
 def _job(**pod: Any) -> dict[str, Any]:
     spec = {
         "restartPolicy": "Never",
-        "containers": [{"name": "train", "image": "trainyard-train@sha256:" + "0" * 64,
-                        "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        "containers": [
+            {
+                "name": "train",
+                "image": "trainyard-train@sha256:" + "0" * 64,
+                "resources": {"limits": {"nvidia.com/gpu": "1"}},
+            }
+        ],
         **pod,
     }
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"generateName": "train-"},
-            "spec": {"backoffLimit": 0, "template": {"spec": spec}}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"generateName": "train-"},
+        "spec": {"backoffLimit": 0, "template": {"spec": spec}},
+    }
 
 
 def test_a_valid_job_comes_back_as_the_clients_v1job_with_quantities_as_the_api_reads_them() -> None:
@@ -47,8 +56,10 @@ def test_a_typo_is_refused_with_its_path_and_the_field_it_meant() -> None:
     assert message.startswith("gpu.json is not a valid Kubernetes Job")
     assert "spec.template.spec.containers[0].resouces: unknown field; did you mean 'resources'?" in message
     assert "kubectl explain job.spec.template.spec.containers" in message
-    assert ("spec.template.spec.tolerations[0].efect: unknown field; did you mean 'effect'? "
-            "(V1Toleration fields: effect, key, operator, tolerationSeconds, value)") in message
+    assert (
+        "spec.template.spec.tolerations[0].efect: unknown field; did you mean 'effect'? "
+        "(V1Toleration fields: effect, key, operator, tolerationSeconds, value)"
+    ) in message
 
 
 def test_wrong_types_and_missing_required_fields_are_all_listed_with_their_paths() -> None:
@@ -63,7 +74,10 @@ def test_wrong_types_and_missing_required_fields_are_all_listed_with_their_paths
         validate_job_manifest(manifest)
 
     message = str(err.value)
-    assert "spec.template.spec.containers[0].args: input should be a valid list (got 'prefect flow-run execute')" in message
+    assert (
+        "spec.template.spec.containers[0].args: input should be a valid list (got 'prefect flow-run execute')"
+        in message
+    )
     assert "spec.template.spec.containers[0].resources.limits.memory: input should be a valid string" in message
     assert "spec.template.spec.containers[1].name: required field missing" in message
     assert "spec.template.spec.nodeSelector: input should be a valid dictionary" in message
@@ -73,7 +87,9 @@ def test_map_keys_that_are_not_identifiers_are_quoted_in_the_path() -> None:
     manifest = _job()
     manifest["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = True
 
-    with pytest.raises(DeploymentError, match=r"resources\.limits\['nvidia\.com/gpu'\]: input should be a valid string"):
+    with pytest.raises(
+        DeploymentError, match=r"resources\.limits\['nvidia\.com/gpu'\]: input should be a valid string"
+    ):
         validate_job_manifest(manifest)
 
 
@@ -90,8 +106,9 @@ def test_only_the_named_paths_are_ignored_and_kind_must_be_a_batch_v1_job() -> N
     manifest = _job(parallelism=1, completions=1)
     with pytest.raises(DeploymentError, match=r"spec\.template\.spec\.parallelism: unknown field"):
         validate_job_manifest(manifest)
-    assert validate_job_manifest(copy.deepcopy(manifest), ignore=("spec.template.spec.parallelism",
-                                                                  "spec.template.spec.completions"))
+    assert validate_job_manifest(
+        copy.deepcopy(manifest), ignore=("spec.template.spec.parallelism", "spec.template.spec.completions")
+    )
 
     manifest["apiVersion"], manifest["kind"] = "v1", "Pod"
     with pytest.raises(DeploymentError, match="a Job is batch/v1 / Job"):

@@ -63,7 +63,8 @@ def test_unreachable_server_fails_fast_with_the_uri(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
 def test_a_failure_inside_ends_the_run_with_its_error_and_propagates(
-        tmp_path: Path, error: BaseException, status: str) -> None:
+    tmp_path: Path, error: BaseException, status: str
+) -> None:
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = tracker.start_run("bookkeeping", "r", tags={}, params={})
     warnings: list[str] = []

@@ -21,18 +21,25 @@ class FakeNvml:
     def nvmlInit(self) -> None: ...  # noqa: N802, E704 - NVML's own names
     def nvmlShutdown(self) -> None:  # noqa: N802
         self.shut = True
+
     def nvmlSystemGetDriverVersion(self) -> bytes:  # noqa: N802
         return b"550.54.15"
+
     def nvmlSystemGetCudaDriverVersion_v2(self) -> int:  # noqa: N802
         return self.cuda
+
     def nvmlDeviceGetCount(self) -> int:  # noqa: N802
         return self.count
+
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
         return i
+
     def nvmlDeviceGetName(self, h: int) -> str:  # noqa: N802
         return "NVIDIA H100 80GB HBM3"
+
     def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:  # noqa: N802
         return SimpleNamespace(total=80 << 30, free=(70 - h) << 30)
+
     def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:  # noqa: N802
         return SimpleNamespace(gpu=10 * h)
 
@@ -41,7 +48,10 @@ def test_gpus_driver_and_cuda_are_read_and_nvml_is_shut_down() -> None:
     fake = FakeNvml()
     report = read_nvml(fake)
     assert report.available and report.driver == "550.54.15" and report.cuda_driver == "12.4"
-    assert [(g.index, g.memory_free_mb, g.utilization_pct) for g in report.gpus] == [(0, 70 * 1024, 0), (1, 69 * 1024, 10)]
+    assert [(g.index, g.memory_free_mb, g.utilization_pct) for g in report.gpus] == [
+        (0, 70 * 1024, 0),
+        (1, 69 * 1024, 10),
+    ]
     assert fake.shut
 
 
@@ -57,7 +67,15 @@ def test_no_driver_is_a_plain_report_not_a_crash() -> None:
     assert read_nvml(FakeNvml(gpus=0)).reason == "the NVIDIA driver sees no GPU"
 
 
-@pytest.mark.parametrize("have,need,ok", [("12.4", "12.1", True), ("12.4", "12.4", True), ("12.4", "13.0", False),
-                                          ("11.8", "12.1", False), ("13.0", "12.8", True)])
+@pytest.mark.parametrize(
+    "have,need,ok",
+    [
+        ("12.4", "12.1", True),
+        ("12.4", "12.4", True),
+        ("12.4", "13.0", False),
+        ("11.8", "12.1", False),
+        ("13.0", "12.8", True),
+    ],
+)
 def test_driver_cuda_comparison(have: str, need: str, ok: bool) -> None:
     assert cuda_at_least(have, need) is ok

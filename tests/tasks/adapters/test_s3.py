@@ -105,7 +105,9 @@ def test_list_paginates_sorts_and_reads_md5_from_etag(s3_env: str) -> None:
     files = {f"ds/img/{i:04d}.jpg": f"image {i}".encode() for i in range(1100)}
     keys = list(files)
     random.Random(0).shuffle(keys)  # upload order must not matter
-    make_bucket(s3_env, bucket, {k: files[k] for k in keys} | {"ds-old/x.jpg": b"sibling prefix", "ds/": b"", "ds/img/": b""})
+    make_bucket(
+        s3_env, bucket, {k: files[k] for k in keys} | {"ds-old/x.jpg": b"sibling prefix", "ds/": b"", "ds/img/": b""}
+    )
     part1 = os.urandom(5 * 1024 * 1024)
     multipart_etag = put_multipart(s3_env, bucket, "ds/big.bin", [part1, b"tail"])
     assert multipart_etag.endswith("-2")
@@ -120,10 +122,18 @@ def test_list_paginates_sorts_and_reads_md5_from_etag(s3_env: str) -> None:
     for rel, obj in by_rel.items():
         if rel != "big.bin":
             data = files["ds/" + rel]
-            assert (obj.key, obj.bucket, obj.size, obj.md5, obj.etag) == ("ds/" + rel, bucket, len(data), md5(data), md5(data))
+            assert (obj.key, obj.bucket, obj.size, obj.md5, obj.etag) == (
+                "ds/" + rel,
+                bucket,
+                len(data),
+                md5(data),
+                md5(data),
+            )
 
 
-@pytest.mark.parametrize(("prefix", "key"), [("ds", "ds/a/../b"), ("", "/abs"), ("ds", "ds//abs"), ("ds", "ds/a//b"), ("ds", "ds/./c")])
+@pytest.mark.parametrize(
+    ("prefix", "key"), [("ds", "ds/a/../b"), ("", "/abs"), ("ds", "ds//abs"), ("ds", "ds/a//b"), ("ds", "ds/./c")]
+)
 def test_unsafe_keys_are_rejected(s3_env: str, prefix: str, key: str) -> None:
     bucket = unique_bucket()
     make_bucket(s3_env, bucket, {"ds/ok.txt": b"fine", key: b"evil"})
@@ -182,14 +192,18 @@ def test_unknown_profile_is_a_clear_error(s3_env: str) -> None:
 # --------------------------------------------------------------------------- downloads
 
 
-def _proxied_objects(endpoint: str, proxy: FaultProxy, files: dict[str, bytes], **client_kw: object) -> tuple[S3Client, list[RemoteObject]]:
+def _proxied_objects(
+    endpoint: str, proxy: FaultProxy, files: dict[str, bytes], **client_kw: object
+) -> tuple[S3Client, list[RemoteObject]]:
     bucket = unique_bucket()
     make_bucket(endpoint, bucket, files)
     client = S3Client(endpoint_url=proxy.endpoint, **client_kw)  # type: ignore[arg-type]
     return client, client.list_objects(S3Location(bucket, ""))
 
 
-def test_download_verifies_md5_and_never_leaves_a_corrupt_file(s3_env: str, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+def test_download_verifies_md5_and_never_leaves_a_corrupt_file(
+    s3_env: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
     data = os.urandom(50_000)
     client, [obj] = _proxied_objects(s3_env, fault_proxy, {"img.jpg": data}, retries=3)
     dest = tmp_path / "out" / "img.jpg"
@@ -207,7 +221,9 @@ def test_download_verifies_md5_and_never_leaves_a_corrupt_file(s3_env: str, faul
     assert dest.read_bytes() == data and leftovers(tmp_path) == []
 
 
-def test_object_changed_between_list_and_get_is_not_retried(s3_env: str, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+def test_object_changed_between_list_and_get_is_not_retried(
+    s3_env: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
     client, objs = _proxied_objects(s3_env, fault_proxy, {"a.txt": b"version 1", "b.txt": b"b"})
     put_object(s3_env, objs[0].bucket, "a.txt", b"version 2 -- same key, new content")
     changed = f"s3://{objs[0].bucket}/a.txt changed since it was listed; rerun to stage the new version"
@@ -236,9 +252,13 @@ def test_deleted_object_fails_fast(s3_env: str, fault_proxy: FaultProxy, tmp_pat
     assert leftovers(tmp_path) == []
 
 
-def test_download_many_survives_injected_errors_and_timeouts(s3_env: str, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+def test_download_many_survives_injected_errors_and_timeouts(
+    s3_env: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
     files = {f"train/images/{i:04d}.jpg": os.urandom(2_000 + i) for i in range(300)}
-    client, objs = _proxied_objects(s3_env, fault_proxy, files, max_workers=16, retries=5, read_timeout=0.5, connect_timeout=1)
+    client, objs = _proxied_objects(
+        s3_env, fault_proxy, files, max_workers=16, retries=5, read_timeout=0.5, connect_timeout=1
+    )
     fault_proxy.configure(seed=7, error_rate=0.05, timeout_rate=0.02, stall_rate=0.02, delay=1.0)
     progress: list[tuple[int, int]] = []
 

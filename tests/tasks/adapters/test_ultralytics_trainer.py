@@ -24,8 +24,17 @@ from tasks.adapters.ultralytics_trainer import train_yolo
 from tasks.job import JOB_FILE, LAST, TrainJob, TrainOutcome, resume_point, trim_results
 from tests.conftest import REPO, TINY
 
-ARGS = {"model": "yolo11n.yaml", "epochs": 4, "imgsz": 32, "batch": 8, "workers": 0, "device": "cpu",
-        "plots": False, "seed": 0, "deterministic": True}
+ARGS = {
+    "model": "yolo11n.yaml",
+    "epochs": 4,
+    "imgsz": 32,
+    "batch": 8,
+    "workers": 0,
+    "device": "cpu",
+    "plots": False,
+    "seed": 0,
+    "deterministic": True,
+}
 
 # The training entry point, SIGKILLed right after epoch 2's checkpoint is written and before
 # that epoch reaches MLflow: the latest point in an epoch a kill can hit.
@@ -46,8 +55,9 @@ runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 def train(job: TrainJob, env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
     path = job.write(Path(job.run_dir) / JOB_FILE)
     entry = ["-c", code] if code else ["-m", "tasks.adapters.ultralytics_trainer"]
-    return subprocess.run([sys.executable, *entry, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, *entry, str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def child_env(root: Path, **extra: str) -> dict[str, str]:
@@ -80,8 +90,16 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = train(job, env, KILL_AFTER_SAVING_EPOCH_2)
     assert proc.returncode == -9, proc.stdout[-3000:] + proc.stderr[-3000:]
     shutil.copytree(run_dir, root / "copy")
-    return {"root": root, "job": job, "env": env, "tracker": tracker, "run_id": run_id, "run_dir": run_dir,
-            "copy": root / "copy", "last_pt": (run_dir / LAST).read_bytes()}
+    return {
+        "root": root,
+        "job": job,
+        "env": env,
+        "tracker": tracker,
+        "run_id": run_id,
+        "run_dir": run_dir,
+        "copy": root / "copy",
+        "last_pt": (run_dir / LAST).read_bytes(),
+    }
 
 
 @pytest.mark.slow
@@ -150,8 +168,10 @@ def test_resume_point_is_none_for_a_missing_or_cut_short_checkpoint(tmp_path: Pa
     assert resume_point(tmp_path) == 2
     # The flow process asks too: without loading torch, or ultralytics (which patches Pillow,
     # changing how that process's dataset validation reports a corrupt image).
-    probe = ("import sys; from pathlib import Path; from tasks.job import resume_point; "
-             f"print(resume_point(Path({str(tmp_path)!r})), 'torch' in sys.modules, 'ultralytics' in sys.modules)")
+    probe = (
+        "import sys; from pathlib import Path; from tasks.job import resume_point; "
+        f"print(resume_point(Path({str(tmp_path)!r})), 'torch' in sys.modules, 'ultralytics' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["2", "False", "False"]
 
@@ -178,9 +198,14 @@ def test_epochs_mlflow_already_has_are_not_logged_again(yolo_config_dir: Path) -
     logged: list[tuple[int, float]] = []
     job = TrainJob(run_dir="run", data_yaml="data.yaml", logged_through=2, stop_after=3)
     trainer = SimpleNamespace(
-        trainyard_job=job, trainyard_sink=lambda epoch, metrics: logged.append((epoch, metrics["train/box_loss"])),
-        trainyard_logged=set(), trainyard_final_eval=False, stop=False, tloss={"box_loss": 0.5},
-        metrics={"metrics/mAP50(B)": 0.1}, lr={"lr/pg0": 0.01},
+        trainyard_job=job,
+        trainyard_sink=lambda epoch, metrics: logged.append((epoch, metrics["train/box_loss"])),
+        trainyard_logged=set(),
+        trainyard_final_eval=False,
+        stop=False,
+        tloss={"box_loss": 0.5},
+        metrics={"metrics/mAP50(B)": 0.1},
+        lr={"lr/pg0": 0.01},
         label_loss_items=lambda loss, prefix: {f"{prefix}/{k}": v for k, v in loss.items()},
     )
     for epoch in range(3):
@@ -281,15 +306,23 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
     for name, text in (("launch", DDP_LAUNCH), ("worker", DDP_WORKER)):
         scripts[name] = tmp_path / f"{name}.py"
         scripts[name].write_text(text)
-    env = child_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, DDP_REPORT=str(report),
-                    DDP_LAUNCH=str(scripts["launch"]), DDP_WORKER=str(scripts["worker"]))
+    env = child_env(
+        tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_RUN_ID=run_id,
+        DDP_REPORT=str(report),
+        DDP_LAUNCH=str(scripts["launch"]),
+        DDP_WORKER=str(scripts["worker"]),
+    )
     job = TrainJob(run_dir=str(run_dir), data_yaml=str(data_yaml), args={**ARGS, "device": "0,1"})
 
     proc = train(job, env, DDP_PARENT)
     output = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (report / "launch.json").exists(), output
     launch = json.loads((report / "launch.json").read_text())
-    assert "torch.distributed.run" in launch["cmd"] and launch["cmd"][launch["cmd"].index("--nproc_per_node") + 1] == "2"
+    assert (
+        "torch.distributed.run" in launch["cmd"] and launch["cmd"][launch["cmd"].index("--nproc_per_node") + 1] == "2"
+    )
     assert {"job.json", "data.yaml"} <= set(launch["run_dir"])  # the run directory was not emptied for DDP
 
     for rank in (0, 1):
@@ -298,8 +331,11 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
         assert worker["class"] == "tasks.adapters.ultralytics_trainer.TrainyardTrainer"
         assert (worker["device"], worker["world_size"], worker["job"]) == ("0,1", 2, str(run_dir))
         assert worker["epoch_hooks"].count("tasks.adapters.ultralytics_trainer._log_epoch") == 1
-        assert not [c for c in worker["callbacks"] if c.startswith(("ultralytics.utils.callbacks.mlflow",
-                                                                    "ultralytics.utils.callbacks.platform"))]
+        assert not [
+            c
+            for c in worker["callbacks"]
+            if c.startswith(("ultralytics.utils.callbacks.mlflow", "ultralytics.utils.callbacks.platform"))
+        ]
     # rank 0 logged its epoch once; rank 1 did not; Ultralytics' MLflow integration opened no run
     assert tracker.metric_history(run_id, "train/box_loss") == [(1, 1.0)]
     assert tracker.metric_history(run_id, "metrics/mAP50(B)") == [(1, 0.25)]
@@ -308,11 +344,15 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
 
 def write_params(tmp_path: Path, device: Any, gpus: str) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({
-        "train": {"model": "yolo11n.yaml", "device": device},
-        "runner": {"kind": "docker"},
-        "container": {"image": "trainyard-train:latest", "gpus": gpus},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"model": "yolo11n.yaml", "device": device},
+                "runner": {"kind": "docker"},
+                "container": {"image": "trainyard-train:latest", "gpus": gpus},
+            }
+        )
+    )
     return path
 
 
@@ -322,13 +362,17 @@ def test_two_gpus_are_accepted_when_the_container_gets_two(tmp_path: Path, devic
     assert params.train["device"] == device
 
 
-@pytest.mark.parametrize(("device", "gpus", "says"), [
-    ("2", "2,3", "numbered 0..1 inside the container"),
-    ([0, 1, 2], "0,1", "gives it 2"),
-    (0, "none", "container.gpus is 'none'"),
-])
-def test_a_device_the_container_lacks_is_refused_before_training(tmp_path: Path, device: Any, gpus: str,
-                                                                 says: str) -> None:
+@pytest.mark.parametrize(
+    ("device", "gpus", "says"),
+    [
+        ("2", "2,3", "numbered 0..1 inside the container"),
+        ([0, 1, 2], "0,1", "gives it 2"),
+        (0, "none", "container.gpus is 'none'"),
+    ],
+)
+def test_a_device_the_container_lacks_is_refused_before_training(
+    tmp_path: Path, device: Any, gpus: str, says: str
+) -> None:
     with pytest.raises(ParamsError, match="train.device") as info:
         load_params(write_params(tmp_path, device, gpus))
     assert says in str(info.value)
