@@ -136,12 +136,12 @@ def test_doctor_catches_a_driver_too_old_for_the_image(engine: Any, tmp_path: Pa
 
 
 def test_reproduce_refuses_a_moved_tag_unless_drift_is_allowed(engine: Any) -> None:
-    from flows.reproduce import image_for_reproduction
+    from tasks.reproduce import image_for_reproduction
 
     recorded = _import_image(engine, "trainyard-test/drift:1", b"then")
-    assert image_for_reproduction.fn("trainyard-test/drift:1", recorded, False, False) == (recorded, {})
+    assert image_for_reproduction("trainyard-test/drift:1", recorded, False, False) == (recorded, {})
     now = _import_image(engine, "trainyard-test/drift:1", b"now")  # the tag moves
     with pytest.raises(RunnerError, match="--allow-drift"):
-        image_for_reproduction.fn("trainyard-test/drift:1", recorded, False, False)
-    image, drift = image_for_reproduction.fn("trainyard-test/drift:1", recorded, True, False)
+        image_for_reproduction("trainyard-test/drift:1", recorded, False, False)
+    image, drift = image_for_reproduction("trainyard-test/drift:1", recorded, True, False)
     assert image == "trainyard-test/drift:1" and drift == {"trainyard.drift.image": f"{recorded} -> {now}"}
