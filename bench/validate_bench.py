@@ -278,16 +278,31 @@ class Ultralytics:
 
 
 class Trainyard:
-    def __init__(self, ds: Path, facts: dict):
+    """trainyard's validation as the flow runs it ("workers"), forced into one process, or a cached re-check."""
+
+    def __init__(self, ds: Path, facts: dict, mode: str = "workers"):
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        from tasks.validate import validate_dataset  # import error -> caller reports n/a
+        import tempfile
 
-        self.fn = validate_dataset
+        import tasks.validate as validate  # import error -> caller reports n/a
+
+        self.validate, self.mode = validate, mode
+        self.cache = Path(tempfile.mkdtemp(prefix="trainyard-bench-validated-"))  # primed by the warm-up
         self.ds, self.facts = ds, facts
 
     def __call__(self) -> tuple[str, dict[str, float]]:
-        report = self.fn(self.ds)
+        v = self.validate
+        if self.mode == "cached":
+            report = v.check_cached(self.ds, version="bench.dir", cache_dir=self.cache)
+        elif self.mode == "one process":
+            limit, v.PARALLEL_MIN_IMAGES = v.PARALLEL_MIN_IMAGES, sys.maxsize
+            try:
+                report = v.validate_dataset(self.ds)
+            finally:
+                v.PARALLEL_MIN_IMAGES = limit
+        else:
+            report = v.validate_dataset(self.ds)
         problems = list(getattr(report, "problems", []) or [])
         notes = []
         if not getattr(report, "ok", not problems):
@@ -317,13 +332,11 @@ def run_all(ds: Path, facts: dict, args) -> tuple[list[Row], dict[str, str]]:
         f"`YOLODataset(img_path=images/<split>, data, task='detect', augment=False)` for train + val, "
         f"no labels/*.cache present (label-cache build, ThreadPool({ul.threads}))",
     )
-    ty_row = Row("trainyard", "`tasks.validate.validate_dataset(root)` in-process (no cache)")
-    ty: Trainyard | None = None
-    try:
-        ty = Trainyard(ds, facts)
-    except Exception as exc:  # noqa: BLE001 - the rewrite may be mid-way; report, don't crash
-        ty_row.error = f"import failed: {type(exc).__name__}: {exc}"
-        log(f"trainyard: {ty_row.error}")
+    variants = [
+        ("workers", Row("trainyard", "`tasks.validate.validate_dataset(root)` in-process (no cache)")),
+        ("one process", Row("trainyard, one process", "the same with the worker processes switched off")),
+        ("cached", Row("trainyard, cached", "`tasks.validate.check_cached`: the same data version checked again")),
+    ]
 
     def run_ul() -> Sample:
         remove_ultralytics_caches(ds)  # must never read an existing cache
@@ -331,17 +344,27 @@ def run_all(ds: Path, facts: dict, args) -> tuple[list[Row], dict[str, str]]:
         remove_ultralytics_caches(ds)  # leave the tree as trainyard expects it
         return s
 
-    def run_ty() -> Sample | None:
-        if ty is None or ty_row.error:
-            return None
+    def runner(mode: str, row: Row) -> Callable[[], Sample | None]:
+        ty: Trainyard | None = None
         try:
-            return timed(ty)
-        except Exception as exc:  # noqa: BLE001
-            ty_row.error = f"validate_dataset raised {type(exc).__name__}: {exc}"
-            log(f"trainyard: {ty_row.error}")
-            return None
+            ty = Trainyard(ds, facts, mode)
+        except Exception as exc:  # noqa: BLE001 - report, don't crash
+            row.error = f"import failed: {type(exc).__name__}: {exc}"
+            log(f"trainyard: {row.error}")
 
-    plan = [(ul_row, run_ul), (ty_row, run_ty)]
+        def run() -> Sample | None:
+            if ty is None or row.error:
+                return None
+            try:
+                return timed(ty)
+            except Exception as exc:  # noqa: BLE001
+                row.error = f"validation raised {type(exc).__name__}: {exc}"
+                log(f"trainyard: {row.error}")
+                return None
+
+        return run
+
+    plan = [(ul_row, run_ul)] + [(row, runner(mode, row)) for mode, row in variants]
     for row, fn in plan:
         log(f"warm-up (untimed): {row.tool}")
         fn()
@@ -353,7 +376,7 @@ def run_all(ds: Path, facts: dict, args) -> tuple[list[Row], dict[str, str]]:
                 continue
             row.samples.append(s)
             log(f"round {r + 1}/{args.repeat} {row.tool}: {s.seconds:.2f} s wall, {s.cpu:.2f} CPU s, {s.check}")
-    return [ul_row, ty_row], tool_facts
+    return [ul_row] + [row for _mode, row in variants], tool_facts
 
 
 # --------------------------------------------------------------------------- report
@@ -395,7 +418,7 @@ def build_report(
     rows: list[Row], info, facts: dict, ds: Path, args, command: str, tree_note: str, elapsed: float
 ) -> str:
     n = facts["images"]
-    ul, ty = rows
+    ul, ty, *variants = rows
     out: list[str] = ["# trainyard validation benchmark\n"]
     out.append(
         f"Dataset: {n} JPEG images ({facts['train']} train / {facts['val']} val; mostly 640x480, quality "
@@ -442,6 +465,10 @@ def build_report(
         uc, tc = ul.median("cpu"), ty.median("cpu")
         if uc and tc:
             out.append(f"- CPU seconds per image, trainyard / Ultralytics: {tc / uc:.2f}× (<1 = trainyard cheaper)")
+        for row in variants:
+            vs = row.median("seconds")
+            if vs:
+                out.append(f"- {row.tool} / Ultralytics images/s: {us / vs:.2f}× ({vs * 1000:.0f} ms)")
     else:
         out.append(f"- trainyard / Ultralytics images/s: n/a ({ty.error or ul.error or 'no samples'})")
         out.append(f"- target ≥ {TARGET_RATIO:.1f}× Ultralytics: n/a")

@@ -186,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tasks.params import load_params
-    from tasks.validate import format_problems, format_warnings, validate_dataset, validate_staged
+    from tasks.validate import check_staged, format_problems, format_warnings, validate_dataset
 
     if args.data:  # a folder or yaml as it is (absolute paths and outside folders are allowed here)
         label = args.data
@@ -202,10 +202,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         params = load_params(args.params, args.overrides)
         staged = stage_from_params(params)
         label = staged.source
-        try:
-            report = validate_staged(params, staged, max_listed=args.max_listed)
-        except DatasetError:
-            report = validate_dataset(staged.yaml_path, strict=params.validate.strict, confine=True)
+        report = check_staged(params, staged)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")

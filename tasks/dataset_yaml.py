@@ -16,6 +16,7 @@ yaml would train on different data; nothing in a dataset folder can rely on that
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,28 @@ def read_dataset_yaml(yaml_path: Path, problems: list[str]) -> DatasetConfig | N
     if root is None or names is None:
         return None
     return DatasetConfig(yaml_path=yaml_path, root=root, names=names, splits=splits, data=data, notes=notes)
+
+
+def split_dir_files(directory: str) -> list[str]:
+    """get_img_files on a folder: every file below it with a dot in its name (hidden ones left out, links followed)."""
+    return glob.glob(os.path.join(glob.escape(directory), "**", "*.*"), recursive=True)
+
+
+def read_image_list(list_file: str) -> list[tuple[int, str]]:
+    """get_img_files on a .txt split: its non-blank lines as Ultralytics splits them, with their line numbers.
+
+    Raises OSError or UnicodeDecodeError when the file cannot be read as UTF-8 (a BOM is fine).
+    """
+    with open(list_file, encoding="utf-8-sig") as fh:
+        text = fh.read()
+    lead = text[: len(text) - len(text.lstrip())]  # Ultralytics strips the whole text first
+    first = 1 + lead.count("\n") + lead.count("\r") - lead.count("\r\n")
+    return [(number, line) for number, line in enumerate(text.strip().splitlines(), start=first) if line]
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether normalised ``path`` is ``root`` or lies below it."""
+    return (path + os.sep).startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _resolve_root(yaml_path: Path, data: dict[str, Any], where: Any, problems: list[str]) -> Path | None:

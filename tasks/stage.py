@@ -219,11 +219,7 @@ def _local_items(source: Path, listing: list[tuple[str, int, int]], plan: LocalP
 def _dataset_yaml(source: Path, relpaths: list[str], spec: SourceSpec) -> str:
     """The dataset yaml's relpath in a local source; DataSourceError (nothing staged) when there is not exactly one."""
     if spec.yaml:
-        if spec.yaml not in relpaths:
-            raise DataSourceError(
-                f"{spec.display}: {source / spec.yaml} does not exist (valid form: a dataset "
-                f"yaml file, or a folder holding one); nothing was staged"
-            )
+        _require_dataset_yaml(relpaths, spec)
         return spec.yaml
     try:
         return find_dataset_yaml(source).relative_to(source).as_posix()

@@ -18,14 +18,13 @@ Its hash covers exactly this copy. A path outside every root the yaml declares (
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from tasks.dataset_yaml import DatasetConfig, read_dataset_yaml
+from tasks.dataset_yaml import DatasetConfig, inside, read_dataset_yaml, read_image_list, split_dir_files
 from tasks.errors import DataSourceError
 from tasks.ultralytics_rules import has_image_suffix, label_path, list_line_path
 
@@ -73,17 +72,17 @@ def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
     external: dict[str, str] = {}
     rewrites: dict[str, bytes] = {}
     lists: dict[str, str] = {}
-    for split, images in splits.items():
+    for split, (images, _absolute) in splits.items():
         lines = []
         for image in images:
-            if not any(_inside(image, root) for root in roots):
+            if not any(inside(image, root) for root in roots):
                 raise DataSourceError(
                     f"{config.yaml_path}: {split} names {image}, outside every folder the yaml "
                     f"declares ({', '.join(sorted(set(roots)))}); refusing to stage it (valid: "
                     f"images under the dataset folder, path: or a split folder)"
                 )
             rel = _copy_rel(image, base, names)
-            if not _inside(image, base):
+            if not inside(image, base):
                 external[image] = rel
                 label = label_path(image)
                 if os.path.isfile(label):
@@ -100,52 +99,41 @@ def plan_local(folder: Path, yaml_rel: str) -> LocalPlan | None:
     return LocalPlan(external=sorted(external.items()), rewrites=rewrites)
 
 
-def _split_images(config: DatasetConfig, split: str) -> list[str]:
-    """get_img_files, leniently: what exists; validation of the staged copy names what does not."""
+def _split_images(config: DatasetConfig, split: str) -> tuple[list[str], bool]:
+    """get_img_files, leniently (what exists: validation of the staged copy names what does not),
+    and whether a list of the split names images by absolute path."""
     images: list[str] = []
+    absolute = False
     for entry in config.splits[split]:
         if os.path.isdir(entry.path):
-            images += [
-                f
-                for f in glob.glob(os.path.join(glob.escape(entry.path), "**", "*.*"), recursive=True)
-                if has_image_suffix(f)
-            ]
+            images += [f for f in split_dir_files(entry.path) if has_image_suffix(f)]
         elif os.path.isfile(entry.path) and not has_image_suffix(entry.path):
             try:
-                text = Path(entry.path).read_text(encoding="utf-8-sig")
+                lines = read_image_list(entry.path)
             except (OSError, UnicodeDecodeError):
                 continue
-            for line in text.strip().splitlines():
+            for _number, line in lines:
+                absolute |= line.startswith("/")
                 path = list_line_path(line, entry.path)
                 if has_image_suffix(line) and os.path.isabs(path):
                     images.append(os.path.normpath(path))
-    return sorted(images)
+    return sorted(images), absolute
 
 
-def _self_contained(config: DatasetConfig, base: str, splits: dict[str, list[str]]) -> bool:
+def _self_contained(config: DatasetConfig, base: str, splits: dict[str, tuple[list[str], bool]]) -> bool:
     given = config.data.get("path")
     if (
         isinstance(given, str)
         and given
-        and (os.path.isabs(os.path.expanduser(given)) or not _inside(str(config.root), base))
+        and (os.path.isabs(os.path.expanduser(given)) or not inside(str(config.root), base))
     ):
         return False
     for entries in config.splits.values():
-        for entry in entries:
-            if os.path.isabs(os.path.expanduser(entry.given)) or not _inside(entry.path, base):
-                return False
-            if os.path.isfile(entry.path) and not has_image_suffix(entry.path):
-                try:
-                    text = Path(entry.path).read_text(encoding="utf-8-sig")
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if any(line.startswith("/") for line in text.splitlines()):
-                    return False
-    return all(_inside(image, base) for images in splits.values() for image in images)
-
-
-def _inside(path: str, root: str) -> bool:
-    return (path + os.sep).startswith(root.rstrip(os.sep) + os.sep)
+        if any(os.path.isabs(os.path.expanduser(e.given)) or not inside(e.path, base) for e in entries):
+            return False
+    return not any(absolute for _images, absolute in splits.values()) and all(
+        inside(image, base) for images, _absolute in splits.values() for image in images
+    )
 
 
 def _anchor(image: str) -> str:
@@ -156,7 +144,7 @@ def _anchor(image: str) -> str:
 
 
 def _copy_rel(path: str, base: str, names: dict[str, str], anchor_of: str | None = None) -> str:
-    if _inside(path, base):
+    if inside(path, base):
         return Path(os.path.relpath(path, base)).as_posix()
     anchor = _anchor(anchor_of or path)
     if anchor not in names:

@@ -29,7 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.dataset_yaml import DatasetConfig, SplitEntry, find_dataset_yaml, read_dataset_yaml, resolve_split
+from tasks.dataset_yaml import (
+    DatasetConfig,
+    SplitEntry,
+    find_dataset_yaml,
+    inside,
+    read_dataset_yaml,
+    read_image_list,
+    resolve_split,
+    split_dir_files,
+)
 from tasks.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -173,6 +182,32 @@ def ensure_valid(
     return _raise_on_problems(report, label or str(root), max_listed)
 
 
+def check_cached(root: Path | str, *, version: str, cache_dir: Path, strict: bool = False) -> ValidationReport:
+    """:func:`validate_dataset` on a staged copy (confined to it), remembered per data version (``version``: its md5).
+
+    The cache key also holds the rules (this module's code and the pinned Ultralytics facts)
+    and the options, so a changed rule or ``strict`` re-validates. Only a clean verdict is
+    stored: a broken dataset is re-read every time, so its message is always current.
+    """
+    path = cache_dir / f"{_cache_key(version, f'strict={strict}', Path(root))}.json"
+    try:
+        report = ValidationReport.from_dict(json.loads(path.read_text()), cached=True)
+        if report.ok and report.root == Path(root):
+            return report
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    report = validate_dataset(root, strict=strict, confine=True)
+    if report.ok:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(report.to_dict()))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache that cannot be written costs time, not correctness
+    return report
+
+
 def validate_cached(
     root: Path | str,
     *,
@@ -182,44 +217,22 @@ def validate_cached(
     strict: bool = False,
     max_listed: int = 20,
 ) -> ValidationReport:
-    """:func:`ensure_valid` on a staged copy, remembered per data version (``version``: its md5).
-
-    The cache key also holds the rules (this module's code and the pinned Ultralytics facts)
-    and the options, so a changed rule or ``strict`` re-validates. Only a clean verdict is
-    stored: a broken dataset is re-read every time, so its message is always current.
-    """
-    key = _cache_key(version, f"strict={strict}", Path(root))
-    path = cache_dir / f"{key}.json"
-    try:
-        report = ValidationReport.from_dict(json.loads(path.read_text()), cached=True)
-        if report.ok and report.root == Path(root):
-            return report
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    report = _raise_on_problems(validate_dataset(root, strict=strict, confine=True), label or str(root), max_listed)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(report.to_dict()))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written costs time, not correctness
-    return report
+    """:func:`check_cached`, or :class:`DatasetError` listing the problems."""
+    report = check_cached(root, version=version, cache_dir=cache_dir, strict=strict)
+    return _raise_on_problems(report, label or str(root), max_listed)
 
 
-def validate_staged(params: Params, staged: StagedDataset, *, max_listed: int = 20) -> ValidationReport:
-    """The flow's check of a staged copy: options from ``validate.*``, remembered per data version."""
+def check_staged(params: Params, staged: StagedDataset) -> ValidationReport:
+    """The check of a staged copy: options from ``validate.*``, remembered per data version."""
     from tasks.stage import cache_from_params
 
     cache_dir = cache_from_params(params).root / ".validated"
-    return validate_cached(
-        staged.yaml_path,
-        version=staged.md5,
-        cache_dir=cache_dir,
-        label=staged.source,
-        strict=params.validate.strict,
-        max_listed=max_listed,
-    )
+    return check_cached(staged.yaml_path, version=staged.md5, cache_dir=cache_dir, strict=params.validate.strict)
+
+
+def validate_staged(params: Params, staged: StagedDataset, *, max_listed: int = 20) -> ValidationReport:
+    """The flow's step: :func:`check_staged`, or :class:`DatasetError` listing the problems."""
+    return _raise_on_problems(check_staged(params, staged), staged.source, max_listed)
 
 
 def format_problems(problems: list[str], max_listed: int = 20) -> str:
@@ -290,7 +303,7 @@ class _Checker:
         return _rel(path, self.base)
 
     def _outside(self, path: str) -> bool:
-        return self.confined is not None and not (path + os.sep).startswith(self.confined + os.sep)
+        return self.confined is not None and not inside(path, self.confined)
 
     # ------------------------------------------------------------------ listing
 
@@ -330,7 +343,7 @@ class _Checker:
         return sorted(images), dirs
 
     def _list_dir(self, split: str, directory: str) -> list[str]:
-        files = glob.glob(os.path.join(glob.escape(directory), "**", "*.*"), recursive=True)
+        files = split_dir_files(directory)
         images = [f for f in files if has_image_suffix(f)]
         labels = {label_path(f) for f in images}
         stray = sorted(f for f in files if f not in labels and not has_image_suffix(f) and os.path.isfile(f))
@@ -346,17 +359,12 @@ class _Checker:
     def _read_list(self, list_file: str) -> list[str]:
         shown = self.rel(list_file)
         try:
-            with open(list_file, encoding="utf-8-sig") as fh:
-                text = fh.read()
+            lines = read_image_list(list_file)
         except (OSError, UnicodeDecodeError) as exc:
             self.problems.append(f"{shown}: cannot be read as a UTF-8 list of image paths: {exc}")
             return []
-        first = len(text) - len(text.lstrip())
-        offset = text[:first].count("\n") + (1 if "\r" in text[:first] and "\n" not in text[:first] else 0)
         images: list[str] = []
-        for number, line in enumerate(text.strip().splitlines(), start=1 + offset):
-            if not line:
-                continue
+        for number, line in lines:
             where = f"{shown}:{number}"
             if not has_image_suffix(line):
                 if has_image_suffix(line.strip()):

@@ -98,6 +98,16 @@ def raw_write(rel: str, data: bytes | str) -> Callable[[Path], None]:
     return mutate
 
 
+def val_list(text: str) -> Callable[[Path], None]:
+    """The val split as a .txt list holding ``text``."""
+
+    def mutate(root: Path) -> None:
+        raw_write("val.txt", text)(root)
+        edit_yaml(val="val.txt")(root)
+
+    return mutate
+
+
 def remove(rel: str) -> Callable[[Path], None]:
     def mutate(root: Path) -> None:
         path = root / rel
@@ -337,37 +347,28 @@ BROKEN: list[tuple[str, Callable[[Path], None], str, str, int]] = [
     ),
     (
         "list-line-relative-to-cwd",
-        lambda root: (raw_write("val.txt", "images/val/img_000.png\n")(root), edit_yaml(val="val.txt")(root)),
+        val_list("images/val/img_000.png\n"),
         "val.txt:1:",
         "relative to the working directory",
         1,
     ),
     (
         "list-line-not-an-image",
-        lambda root: (
-            raw_write("val.txt", "./images/val/img_000.png\n./notes.md\n")(root),
-            edit_yaml(val="val.txt")(root),
-        ),
+        val_list("./images/val/img_000.png\n./notes.md\n"),
         "val.txt:2:",
         "is not an image path",
         1,
     ),
     (
         "list-line-trailing-space",
-        lambda root: (
-            raw_write("val.txt", "./images/val/img_000.png \n./images/val/img_001.png\n")(root),
-            edit_yaml(val="val.txt")(root),
-        ),
+        val_list("./images/val/img_000.png \n./images/val/img_001.png\n"),
         "val.txt:1:",
         "has spaces around the path",
         1,
     ),
     (
         "list-image-missing",
-        lambda root: (
-            raw_write("val.txt", "./images/val/img_000.png\n./images/val/gone.png\n")(root),
-            edit_yaml(val="val.txt")(root),
-        ),
+        val_list("./images/val/img_000.png\n./images/val/gone.png\n"),
         "images/val/gone.png:",
         "listed image does not exist",
         1,
