@@ -84,11 +84,14 @@ RUN if ! ldconfig -p | grep -q 'libGL\.so\.1 ' || ! ldconfig -p | grep -q 'libgl
  && if getent group 1000 >/dev/null; then groupdel "$(getent group 1000 | cut -d: -f1)" 2>/dev/null || true; fi \
  && useradd --uid 1000 --user-group --create-home --home-dir /home/trainyard --shell /bin/bash trainyard
 
+# YOLO_CONFIG_DIR: Ultralytics' config dir, shipped with the plot fonts it would otherwise download
+# (Arial.ttf, Arial.Unicode.ttf: matplotlib's DejaVu Sans, made by `python -m tasks.fonts` below);
+# world-writable (sticky), as the runner picks the user, for settings.json and DDP's temp files.
 ENV VIRTUAL_ENV=${VENV} \
     PATH=${VENV}/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     YOLO_OFFLINE=1 \
-    YOLO_CONFIG_DIR=/tmp/Ultralytics
+    YOLO_CONFIG_DIR=/opt/trainyard/ultralytics
 
 COPY --from=deps ${VENV} ${VENV}
 
@@ -97,7 +100,7 @@ ARG CUDA_VERSION=13.0
 # Smoke test of the locked deps; also refuses a CUDA_VERSION that is not torch's.
 RUN python -c "import torch, torchvision, cv2, ultralytics, mlflow; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cv2', cv2.__version__, 'ultralytics', ultralytics.__version__)" \
  && python -c "import sys, torch; c = torch.version.cuda or 'cpu'; sys.exit(0 if c == '${CUDA_VERSION}' else 'torch is built for CUDA %s but CUDA_VERSION=${CUDA_VERSION}: pass --build-arg CUDA_VERSION=%s' % (c, c))" \
- && rm -rf /tmp/Ultralytics /root/.config /root/.cache
+ && rm -rf "$YOLO_CONFIG_DIR" /root/.config /root/.cache
 
 ARG VERSION=0.1.0
 ARG SOURCE_URL=https://github.com/trainyard/trainyard
@@ -122,7 +125,9 @@ COPY tasks ./tasks
 RUN pip install -q --disable-pip-version-check --no-cache-dir --no-index --no-deps --no-build-isolation . \
  && rm -rf build ./*.egg-info /root/.cache \
  && cd / && python -c "import tasks.adapters.ultralytics_trainer, flows.cli; print('trainyard', __import__('importlib.metadata').metadata.version('trainyard'))" \
- && rm -rf /tmp/Ultralytics
+ && rm -rf "$YOLO_CONFIG_DIR" \
+ && python -m tasks.fonts "$YOLO_CONFIG_DIR" \
+ && chmod 1777 "$YOLO_CONFIG_DIR/Ultralytics"
 
 # Provenance from .ci/build-image.sh (empty for plain builds); last so it never busts the cache.
 ARG LOCK_SHA256=""

@@ -7,8 +7,11 @@ trainyard evaluate   write metrics.json from a finished run directory
 trainyard data demo  generate the built-in demo dataset (and DVC-track it)
 trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
 trainyard serve      serve prefect.yaml's deployments on their schedules from this machine
-trainyard doctor     preflight checks, each failure with its fix
+trainyard doctor     preflight checks, each failure with its fix (and finishes runs an outage left open)
+trainyard sync       finish MLflow runs a tracking outage or a killed process left open
 trainyard ui         open the MLflow UI on the configured tracking store
+
+Exit codes: tasks.errors.EXIT_CODES (the README's table).
 """
 
 from __future__ import annotations
@@ -20,24 +23,87 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from tasks.errors import DatasetError, PreflightError, TrainyardError
+if TYPE_CHECKING:
+    from tasks.params import Params
+
+from tasks.errors import (
+    DatasetError,
+    DataSourceError,
+    Interrupted,
+    PreflightError,
+    TrainyardError,
+    UsageError,
+)
 
 REPRODUCTION_DIFFERS = 7  # exit code of `trainyard reproduce` when the verdict is "differs"
+TERMINAL_ERROR_LINES = 8  # an error of a flow command shows this much; the log file holds all of it
+
+_log_file: Path | None = None  # the full log of this command, when it runs a flow
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _log_file
     parser = _parser()
     args = parser.parse_args(argv)
+    _log_file = None
+    guard = None
+    if args.func in (_cmd_run, _cmd_reproduce, _cmd_serve):
+        from flows.terminal import InterruptGuard
+
+        guard = InterruptGuard(lambda exc: _interrupt_line(exc, argv))
+        guard.install()
     try:
         return int(args.func(args) or 0)
     except TrainyardError as exc:
-        print(f"trainyard: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return exc.exit_code
+    except Interrupted as exc:
+        return guard.report(exc) if guard else exc.exit_code
     except KeyboardInterrupt:
         print("trainyard: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if guard is not None:  # back to Python's defaults (main() also runs inside tests)
+            import signal
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _print_error(exc: TrainyardError) -> None:
+    from tasks.redact import redact
+
+    lines = redact(str(exc)).splitlines() or [type(exc).__name__]
+    if _log_file is not None and len(lines) > TERMINAL_ERROR_LINES:
+        hidden = len(lines) - TERMINAL_ERROR_LINES + 1
+        lines = lines[: TERMINAL_ERROR_LINES - 1] + [f"... {hidden} more line(s) in the log file"]
+    print(f"trainyard: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+    if _log_file is not None:
+        import logging
+
+        from flows.terminal import FILE_ONLY
+
+        logging.getLogger(FILE_ONLY).error("trainyard: error: %s", exc)
+        print(f"full log: {_log_file}", file=sys.stderr)
+
+
+def _interrupt_line(exc: Interrupted, argv: Sequence[str] | None) -> str:
+    import shlex
+
+    again = shlex.join(["trainyard", *(sys.argv[1:] if argv is None else argv)])
+    ctx = exc.context
+    if not ctx.get("run_id"):
+        return f"trainyard: interrupted ({exc.signal_name}) before training started; nothing to resume"
+    note = ctx.get("note", "")
+    where = note.split(";", 1)[0].removeprefix(f"interrupted by {exc.signal_name} ")
+    how = "resume with" if "resumes it" in note else "start again with"
+    return (
+        f"trainyard: interrupted ({exc.signal_name}) {where}; MLflow run {ctx['run_id']} marked KILLED; {how} `{again}`"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,12 +208,31 @@ def _parser() -> argparse.ArgumentParser:
     with_params(doc)
     doc.set_defaults(func=_cmd_doctor)
 
+    sy = sub.add_parser("sync", help="finish MLflow runs a tracking outage or a killed process left open")
+    with_params(sy)
+    sy.set_defaults(func=_cmd_sync)
+
     ui = sub.add_parser("ui", help="run the MLflow UI on the configured tracking store")
     with_params(ui)
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(func=_cmd_ui)
     return p
+
+
+def _flow_session(params_path: str, command: str) -> None:
+    """Before a flow runs: Prefect's settings, its full log to a file, and a quiet terminal."""
+    global _log_file
+    _prefect_defaults()
+    from prefect.logging.configuration import ensure_logging_setup
+
+    from flows.terminal import quiet_terminal, start_log_file
+
+    # Prefect's handlers first: it leaves the root logger alone when it finds one already there
+    ensure_logging_setup()
+
+    _log_file = start_log_file(Path(params_path).resolve().parent, command)
+    quiet_terminal()
 
 
 def _prefect_defaults() -> None:
@@ -164,7 +249,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tasks.params import load_params
 
     load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
-    _prefect_defaults()
+    _flow_session(args.params, args.command)
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
     result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir, force=args.force)
@@ -176,7 +261,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"mAP50        {m.get('mAP50', float('nan')):.4f}")
     print(f"mAP50-95     {m.get('mAP50-95', float('nan')):.4f}")
     print(f"run dir      {result.run_dir}")
-    print(f"tracking     {result.tracking_uri}")
+    print(f"tracking     {result.tracking_uri}")  # without a password (see tasks.redact)
     if result.tracking_uri.startswith(("http://", "https://")):
         print(f"open         {result.run_url}")
     else:
@@ -270,7 +355,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.csv").exists():
-        raise TrainyardError(f"{run_dir} holds no results.csv; run `trainyard train --run-dir {run_dir}` first")
+        raise UsageError(f"{run_dir} holds no results.csv; run `trainyard train --run-dir {run_dir}` first")
     summary = write_metrics(run_dir, Path(args.metrics))
     print(json.dumps(summary, indent=2))
     return 0
@@ -286,7 +371,7 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
         print(f"generated demo dataset at {dest}")
     version = data_version(dest)
     if version.tracked_md5 and not version.in_sync:
-        raise TrainyardError(
+        raise DataSourceError(
             f"{dest} (md5 {version.md5}) differs from {version.dvc_file} ({version.tracked_md5}); "
             f"remove {dest} and run `trainyard data demo` again, or `dvc checkout {dest}.dvc`"
         )
@@ -303,7 +388,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from tasks.params import load_params
 
     load_params(args.params, args.overrides)
-    _prefect_defaults()
+    _flow_session(args.params, "reproduce")
     if args.checkout:
         return _reproduce_in_worktree(args)
     from flows.reproduce import reproduce_flow
@@ -333,7 +418,7 @@ def _reproduce_in_worktree(args: argparse.Namespace) -> int:
     uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     commit = ReproKey.from_tags(Tracker(uri).get_run(args.run_id).tags, args.run_id).code_commit
     if commit == "none":
-        raise TrainyardError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
+        raise UsageError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
     with worktree(code_root(), commit) as code:
         cmd = [
             sys.executable,
@@ -356,8 +441,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     path = Path(args.file)
     specs = select(read_deployments(path), args.deployment)  # a typo fails here, before Prefect starts
     if args.limit < 1:
-        raise TrainyardError(f"--limit must be 1 or more, not {args.limit}")
-    _prefect_defaults()
+        raise UsageError(f"--limit must be 1 or more, not {args.limit}")
+    _flow_session(str(path), "serve")
     from flows.serve import build_deployments, serve_file
 
     for spec in specs:
@@ -389,17 +474,46 @@ def _describe_schedule(s: dict) -> str:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from tasks.doctor import failures, format_table, run_checks
+    from tasks.doctor import exit_code, failures, format_table, run_checks
     from tasks.params import load_params
 
-    checks = run_checks(load_params(args.params, args.overrides))
+    params = load_params(args.params, args.overrides)
+    checks = run_checks(params)
     print(format_table(checks))
+    if all(c.ok for c in checks if c.name == "mlflow"):
+        for line in _sync(params):
+            print(f"sync  {line}")
     failed = failures(checks)
     if failed:
         print(f"\n{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
-        return PreflightError.exit_code
+        return exit_code(checks)
     print("\nready")
     return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+
+    lines = _sync(load_params(args.params, args.overrides), ping=True)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("nothing to sync: no run waits to be finished, none was left RUNNING by a dead process")
+    return 0
+
+
+def _sync(params: "Params", ping: bool = False) -> list[str]:
+    """Finish journaled runs and mark runs whose owner died KILLED; what was done, one line each."""
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.run_finish import sync
+
+    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
+    tracker = Tracker(uri)
+    if ping:
+        tracker.ping()
+    notes: list[str] = []
+    report = sync(tracker, params.base_dir, params.tracking.experiment, notes.append)
+    return notes + report.lines()
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -415,7 +529,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         "mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     )
     if mlflow is None:
-        raise TrainyardError("the mlflow command is not installed; run `make venv`")
+        raise PreflightError("the mlflow command is not installed; run `make venv`")
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     artifacts = default_artifact_root(uri, params.base_dir)
     if artifacts:

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.train import train_flow
+from flows.train import retry_if_transient, train_flow
 from tasks.params import load_params
 from tasks.repro_key import ReproKey
 from tasks.reproduce import Verdict, compare, image_for_reproduction, read_record
@@ -20,7 +20,9 @@ from tasks.stage_cache import default_stage_root
 from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
 from tasks.adapters.git_dvc import code_root, code_version
 
-read_record_task = task(name="read-record", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)(read_record)
+read_record_task = task(
+    name="read-record", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)(read_record)
 
 
 @dataclass(frozen=True)

@@ -19,36 +19,18 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.doctor import ensure_ready, format_table
 from tasks.errors import TrainingError, TrainyardError
-from tasks.evaluate import write_metrics
 from tasks.params import Params, load_params, params_hash
-from tasks.repro_key import COMPLETE_TAG, ReproKey, run_name, run_tags, same_inputs_filter, trainyard_version
+from tasks.redact import redact
+from tasks.repro_key import ReproKey, run_name, run_tags, same_inputs_filter, trainyard_version
+from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
+from tasks.run_lease import Heartbeat, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
-from tasks.adapters.mlflow_tracking import (
-    RunRecord,
-    Tracker,
-    backfill_epochs,
-    default_artifact_root,
-    iter_artifacts,
-    resolve_tracking_uri,
-)
+from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
-
-# Files of a run directory that go to MLflow, beside the weights.
-ARTIFACT_PATTERNS = (
-    "results.csv",
-    "args.yaml",
-    "params.yaml",
-    "metrics.json",
-    "data.yaml",
-    "validation.json",
-    "job.json",
-    "*.png",
-    "*.jpg",
-)
 
 
 @dataclass(frozen=True)
@@ -75,6 +57,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 # tracking server. Validation and training are deterministic: a retry repeats the failure.
 preflight_task = task(name="preflight", cache_policy=NO_CACHE)(ensure_ready)
 load_params_task = task(name="load-params", cache_policy=NO_CACHE)(load_params)
+sync_task = task(name="sync-earlier-runs", cache_policy=NO_CACHE)(sync)
 validate_task = task(name="validate", cache_policy=NO_CACHE)(validate_staged)
 stage_exact_task = task(
     name="stage-exact-version",
@@ -105,7 +88,13 @@ def reproduction_key_task(params: Params, staged: StagedDataset, runner: Runner)
     )
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+@task(
+    name="start-mlflow-run",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def start_run_task(
     params: Params,
     key: ReproKey,
@@ -156,6 +145,11 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
     except TrainingError as exc:
         exc.resumable = worth_retrying(exc.killed, Path(job.run_dir))
         raise
+    except BaseException as exc:
+        # Ctrl-C / SIGTERM: record it here, before Prefect reports the crash to an API that the
+        # same Ctrl-C may have stopped (its temporary server shares the terminal)
+        record_stop(Tracker(tracking_uri), run_id, "", Path(job.run_dir), exc, logger.warning)
+        raise
     return resumed
 
 
@@ -164,27 +158,32 @@ def _resumed_after(tracker: Tracker, run_id: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip().isdigit()]
 
 
-@task(name="finish-mlflow-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
-def finish_run_task(tracking_uri: str, run_id: str, run_dir: Path, complete: bool) -> dict[str, float | int]:
+finish_run_task = task(name="finish-mlflow-run", cache_policy=NO_CACHE)(finish_or_defer)
+
+
+@task(
+    name="resume-interrupted-run",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def resumable_run_task(tracking_uri: str, experiment: str, key: ReproKey, run_dir: Path | None) -> RunRecord | None:
+    """An interrupted run of this very training (same key) whose run directory can resume, reopened."""
     tracker = Tracker(tracking_uri)
-    backfilled = backfill_epochs(tracker, run_id, run_dir / "results.csv")
-    if backfilled:
-        get_run_logger().warning("logged %d epoch(s) from results.csv that live logging missed", backfilled)
-    metrics = write_metrics(run_dir, run_dir / "metrics.json")
-    tracker.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=int(metrics.get("epochs", 0)))
-    weights = run_dir / "weights"
-    if weights.is_dir():
-        tracker.log_artifacts(run_id, weights, "weights")
-    for path in iter_artifacts(run_dir, ARTIFACT_PATTERNS):
-        tracker.log_artifact(run_id, path)
-    # "complete" marks a run that trained every epoch: only such a run can make a later,
-    # unchanged scheduled run "up to date" (a reproduction of 3 epochs must not).
-    tracker.set_tags(run_id, {COMPLETE_TAG: "true" if complete else "false", "trainyard.run_dir": str(run_dir)})
-    tracker.end_run(run_id, "FINISHED")
-    return metrics
+    run = resumable_run(tracker.runs_with_status(experiment, "KILLED"), key.digest, run_dir)
+    if run is not None:
+        tracker.reopen_run(run.run_id)
+    return run
 
 
-@task(name="find-up-to-date-run", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+@task(
+    name="find-up-to-date-run",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def up_to_date_task(tracking_uri: str, experiment: str, key: ReproKey) -> RunRecord | None:
     """The latest finished, complete run trained on the same data, params and image/environment."""
     return Tracker(tracking_uri).latest_run(experiment, same_inputs_filter(key))
@@ -252,26 +251,43 @@ def train_flow(
     runner = make_runner(params.runner.kind, params.container)
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking.uri, params.base_dir)
-    logger.info("tracking at %s (%s)", tracking_uri, uri_from)
+    logger.info("tracking at %s (%s)", redact(tracking_uri), uri_from)
     experiment = params.tracking.experiment
+    tracker = Tracker(tracking_uri)
+    _log_sync(sync_task(tracker, params.base_dir, experiment, logger.warning))  # runs an outage or a kill left open
     if not force:
         prior = up_to_date_task(tracking_uri, experiment, key)
         if prior is not None:
             return _up_to_date(prior, key, params, tracking_uri)
-    fixed_dir = prepare_run_dir(Path(run_dir).resolve()) if run_dir else None  # refuse before opening a run
-    run_id, name = start_run_task(params, key, tracking_uri, report, staged, {**_prefect_tags(), **(extra_tags or {})})
-    out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id)
-    with Tracker(tracking_uri).ends_run_on_error(run_id, logger.warning):
-        (out / "params.yaml").write_text(params.to_yaml())
-        (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        data_yaml = staged.training_yaml(out / "data.yaml")
-        job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
-        with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
-            resumed = train_task.with_options(
-                retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
-            )(runner, job, tracking_uri, run_id)
-    metrics = finish_run_task(tracking_uri, run_id, out, complete=stop_after is None)
-    tracker = Tracker(tracking_uri)
+    fixed_dir = Path(run_dir).resolve() if run_dir else None
+    interrupted = resumable_run_task(tracking_uri, experiment, key, fixed_dir) if stop_after is None else None
+    if interrupted is not None:
+        run_id, name = interrupted.run_id, interrupted.name
+        out = Path(interrupted.tags["trainyard.run_dir"])
+        logger.warning("resuming interrupted MLflow run %s (%s) in %s", name, run_id, out)
+    else:
+        if fixed_dir:
+            prepare_run_dir(fixed_dir, logger.warning)  # refuse before opening a run
+        tags = {**_prefect_tags(), **(extra_tags or {})}
+        run_id, name = start_run_task(params, key, tracking_uri, report, staged, tags)
+        out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id, logger.warning)
+    tracker.set_tags(run_id, {**owner_tags(out), **_prefect_tags()})
+    try:
+        with Heartbeat(tracker, run_id):
+            (out / "params.yaml").write_text(params.to_yaml())
+            (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            data_yaml = staged.training_yaml(out / "data.yaml")
+            job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
+            with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
+                resumed = train_task.with_options(
+                    retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
+                )(runner, job, tracking_uri, run_id)
+    except BaseException as exc:  # a run never stays RUNNING because its training failed or was interrupted
+        record_stop(tracker, run_id, name, out, exc, logger.warning)
+        raise
+    metrics = finish_run_task(
+        tracker, run_id, out, stop_after is None, params.base_dir, params.tracking.wait, logger.warning
+    )
     url = tracker.run_url(tracker.get_run(run_id))
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))
@@ -279,7 +295,7 @@ def train_flow(
         run_id=run_id,
         run_name=name,
         run_dir=str(out),
-        tracking_uri=tracking_uri,
+        tracking_uri=redact(tracking_uri),
         experiment=experiment,
         metrics=metrics,
         key=key.tags(),
@@ -289,6 +305,11 @@ def train_flow(
     )
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def _log_sync(report: SyncReport) -> None:
+    for line in report.lines():
+        get_run_logger().warning(line)
 
 
 def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: str) -> TrainResult:
@@ -323,7 +344,7 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
         run_id=prior.run_id,
         run_name=prior.name,
         run_dir=prior.tags.get("trainyard.run_dir", ""),
-        tracking_uri=tracking_uri,
+        tracking_uri=redact(tracking_uri),
         experiment=params.tracking.experiment,
         metrics=metrics,
         key=key.tags(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.errors import PreflightError, TrainyardError
+from tasks.errors import DataSourceError, PreflightError, TrackingError, TrainyardError
 from tasks.params import Params
 from tasks.stage_cache import default_stage_root
 from tasks.adapters.nvml import NvmlReport, cuda_at_least, read_nvml
@@ -25,6 +25,7 @@ class Check:
     required: bool
     detail: str
     fix: str = ""
+    error: type[TrainyardError] = PreflightError  # raised (its exit code) when this required check fails
 
 
 def run_checks(
@@ -134,7 +135,9 @@ def run_checks(
         Tracker(uri).ping()
         checks.append(Check("mlflow", True, True, f"{uri} ({origin})"))
     except TrainyardError as exc:
-        checks.append(Check("mlflow", False, True, str(exc), "start the tracking server or fix tracking.uri"))
+        checks.append(
+            Check("mlflow", False, True, str(exc), "start the tracking server or fix tracking.uri", TrackingError)
+        )
 
     checks.append(_source_check(params))
     return checks
@@ -156,7 +159,12 @@ def _source_check(params: Params) -> Check:
             return Check("data source", True, True, f"{source}: {len(objects)} objects")
         except TrainyardError as exc:
             return Check(
-                "data source", False, True, str(exc), "fix data.source / data.endpoint_url or the AWS credentials"
+                "data source",
+                False,
+                True,
+                str(exc),
+                "fix data.source / data.endpoint_url or the AWS credentials",
+                DataSourceError,
             )
     path = params.data_source
     ok = (path.is_dir() and os.access(path, os.R_OK | os.X_OK)) or (path.is_file() and os.access(path, os.R_OK))
@@ -165,7 +173,8 @@ def _source_check(params: Params) -> Check:
         ok,
         True,
         f"{path}" + ("" if ok else ": missing or unreadable"),
-        "" if ok else "fix data.source (run `make data` for the demo dataset)",
+        "" if ok else "fix data.source in params.yaml (or --set data.source=...); `make data` makes the demo dataset",
+        DataSourceError,
     )
 
 
@@ -185,11 +194,21 @@ def format_table(checks: list[Check]) -> str:
 
 
 def ensure_ready(params: Params, **kw: Any) -> list[Check]:
-    """Run every check; raise PreflightError with the table when a required one fails."""
+    """Run every check; when a required one fails, raise the error of the first failure (its exit
+    code: 3 data, 4 tracking, 6 environment) naming only what failed and its fix."""
     checks = run_checks(params, **kw)
     failed = failures(checks)
     if failed:
-        raise PreflightError(
-            f"{len(failed)} preflight check(s) failed: {', '.join(c.name for c in failed)}\n" + format_table(checks)
-        )
+        lines = []
+        for c in failed:
+            lines.append(f"{c.name}: {c.detail}")
+            if c.fix:
+                lines.append(f"  fix: {c.fix}")
+        raise failed[0].error("preflight failed: " + "\n".join(lines))
     return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    """`trainyard doctor`'s exit code: that of the first failed required check, 0 when none failed."""
+    failed = failures(checks)
+    return failed[0].error.exit_code if failed else 0

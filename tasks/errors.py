@@ -6,6 +6,7 @@ bugs (anything else) still show their traceback.
 
     TrainyardError
     ├── ParamsError          params.yaml or a --set override is malformed
+    ├── UsageError           a command-line argument names something that is not there
     ├── DatasetError         the dataset is missing or broken (validation problems)
     ├── DataSourceError      the data source cannot be read or staged
     │   └── TransientSourceError   ... for a reason a later retry may not meet
@@ -15,9 +16,28 @@ bugs (anything else) still show their traceback.
     ├── RunnerError          the training child process (or container) could not run
     │   └── TrainingError    training started but failed (non-zero exit, OOM, ...)
     └── DeploymentError      prefect.yaml, a work-pool template or a rendered job manifest is invalid
+
+    Interrupted (a KeyboardInterrupt, not a TrainyardError)   SIGINT or SIGTERM stopped the work
+
+Exit codes, the same for every command (README "Exit codes"; ``EXIT_CODES`` below).
 """
 
 from __future__ import annotations
+
+
+# code -> meaning: the one table the README prints and every command follows.
+EXIT_CODES: dict[int, str] = {
+    0: "success (reproduce: identical or within tolerance)",
+    1: "unexpected error: a bug; the traceback is in the log file named on the terminal",
+    2: "bad params.yaml / --set / prefect.yaml / work-pool template, or bad command-line usage",
+    3: "data: the source is missing or unreadable, the dataset is invalid, or a DVC/git version is unavailable",
+    4: "tracking: the MLflow server or store is unreachable or refused a write (`trainyard sync` finishes later)",
+    5: "training: the training process or container failed or could not start",
+    6: "environment: Docker, the GPU runtime, the training image or stage.root is not ready (`trainyard doctor`)",
+    7: "reproduce: the reproduction differs from the original run",
+    130: "interrupted by Ctrl-C (SIGINT); the MLflow run is marked KILLED and resumes on the next run",
+    143: "stopped by SIGTERM; the MLflow run is marked KILLED and resumes on the next run",
+}
 
 
 class TrainyardError(Exception):
@@ -29,6 +49,12 @@ class TrainyardError(Exception):
 
 class ParamsError(TrainyardError):
     """params.yaml or an override names an unknown key or holds a value of the wrong type."""
+
+    exit_code = 2
+
+
+class UsageError(TrainyardError):
+    """A command-line argument is wrong (a run directory without results, a bad --limit)."""
 
     exit_code = 2
 
@@ -58,11 +84,21 @@ class TransientSourceError(DataSourceError):
 class VersioningError(TrainyardError):
     """git or DVC could not give the answer we need (commit, dataset hash, dvc add)."""
 
+    exit_code = 3
+
 
 class TrackingError(TrainyardError):
-    """The MLflow tracking store could not be reached or refused a write."""
+    """The MLflow tracking store could not be reached or refused a write.
+
+    ``transient``: the server could not be reached (it may be back in a moment); a refusal
+    (a run that does not exist, a deleted experiment) is not.
+    """
 
     exit_code = 4
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class PreflightError(TrainyardError):
@@ -94,3 +130,24 @@ class DeploymentError(TrainyardError):
     """A deployment definition (prefect.yaml, a work-pool job template, a rendered manifest) is invalid."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM: stop the training, mark its MLflow run KILLED, exit 130 / 143.
+
+    A KeyboardInterrupt, so everything that already cleans up after Ctrl-C (the runners stop
+    their child or container, the MLflow run is ended) does the same for SIGTERM.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        # filled in on the way out (run_id, run_name, run_dir, note), for the CLI's one line
+        self.context: dict[str, str] = {}
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -17,7 +17,7 @@ import shutil
 import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 OUTCOME_FILE = "outcome.json"
 JOB_FILE = "job.json"
@@ -68,18 +68,60 @@ class TrainOutcome:
         return cls(**json.loads(path.read_text()))
 
 
-def prepare_run_dir(path: Path) -> Path:
+def prepare_run_dir(path: Path, warn: Callable[[str], None] | None = None) -> Path:
     """Create ``path`` empty. An earlier trainyard run there is cleared (Ultralytics appends to
     an existing results.csv, which would mix two runs); any other non-empty folder is refused.
+
+    An earlier run that could still resume (its last.pt holds an unfinished training) is never
+    deleted: it is moved aside to ``<path>.interrupted-N`` and ``warn`` says where.
     """
     if path.exists() and any(path.iterdir()):
         if not (path / JOB_FILE).exists() and not (path / "results.csv").exists():
             from tasks.errors import RunnerError
 
             raise RunnerError(f"run directory {path} is not empty and holds no earlier trainyard run; choose another")
-        shutil.rmtree(path)
+        done = resume_point(path)
+        if done is not None:
+            aside = next(
+                p for p in (path.with_name(f"{path.name}.interrupted-{n}") for n in range(1, 10_000)) if not p.exists()
+            )
+            path.rename(aside)
+            if warn is not None:
+                warn(
+                    f"{path} held an interrupted training (checkpoint after epoch {done}) of other inputs; "
+                    f"kept it as {aside}"
+                )
+        else:
+            shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs results.csv records as finished (0 when there is none)."""
+    path = run_dir / "results.csv"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:] if line.strip()]
+    return len(lines)
+
+
+def failure_text(exc: BaseException, run_dir: Path) -> str:
+    """What ``trainyard.error`` says about why a training stopped (no password of any URL in it)."""
+    from tasks.errors import Interrupted
+    from tasks.redact import redact
+
+    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM
+        how = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
+        if type(exc).__name__ == "TerminationSignal":
+            how = "terminated (SIGTERM)"
+        done = epochs_done(run_dir)
+        where = f"after epoch {done}" if done else "before its first epoch ended"
+        then = (
+            f"resumes it from {run_dir / LAST}" if resume_point(run_dir) is not None else "trains it again from epoch 1"
+        )
+        return f"{how} {where}; rerunning the same command {then}"
+    return redact(str(exc) or type(exc).__name__)
 
 
 def resume_point(run_dir: Path) -> int | None:

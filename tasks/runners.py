@@ -10,18 +10,23 @@ same command in a container started by image digest, behind the same interface.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import IO, Mapping, Protocol
 
 from tasks.adapters.torch_environment import Environment, local_environment
 from tasks.errors import RunnerError, TrainingError
 from tasks.job import JOB_FILE, TrainJob
 from tasks.params import ContainerParams
 from tasks.training_output import LogSink, last_frame, last_lines, training_env
+
+STOP_GRACE = 10.0  # seconds a stopped training gets between SIGTERM and SIGKILL
 
 # Exit codes that mean "killed by the kernel", most often the OOM killer on a CPU box.
 _KILLED = {-signal.SIGKILL, 128 + signal.SIGKILL}
@@ -72,23 +77,58 @@ class LocalRunner:
                 env=child_env,
                 stdout=None if self.interactive else subprocess.PIPE,
                 stderr=None if self.interactive else subprocess.STDOUT,
+                # Its own process group: a Ctrl-C reaches this process, which stops the training
+                # (and its dataloader / DDP workers) as a whole, instead of each dying mid-write
+                # with its own traceback.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise RunnerError(f"could not start the training process {self.python}: {exc.strerror}") from None
         try:
+            # The main thread never blocks for long: a signal that the kernel hands to another
+            # thread runs its Python handler (Ctrl-C -> Interrupted) only when the main thread
+            # next runs bytecode, so a plain wait() would hold a Ctrl-C until the training ended.
+            lines: queue.Queue[bytes | None] = queue.Queue()
             if proc.stdout is not None:
-                for raw in proc.stdout:  # bytes: text mode would turn every \r redraw into a line
-                    line = last_frame(raw.decode("utf-8", errors="replace"))
-                    if line:
-                        tail.append(line)
-                        log(line)
-            code = proc.wait()
+                threading.Thread(target=_pump, args=(proc.stdout, lines), name="trainyard-output", daemon=True).start()
+            else:
+                lines.put(None)
+            while True:
+                try:
+                    raw = lines.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                if raw is None:
+                    break
+                line = last_frame(raw.decode("utf-8", errors="replace"))
+                if line:
+                    tail.append(line)
+                    log(line)
+            while (code := _poll_wait(proc)) is None:
+                pass
         except BaseException:
             # Ctrl-C or a cancelled flow: stop the child, never leave it training on its own.
             _stop(proc)
             raise
         if code != 0:
             raise TrainingError(_failure_message(code, list(tail), run_dir), killed=code < 0 or code in _KILLED)
+
+
+_POLL = 0.25  # seconds between checks for a Ctrl-C while the training runs
+
+
+def _pump(stream: IO[bytes], lines: "queue.Queue[bytes | None]") -> None:
+    for raw in stream:  # bytes: text mode would turn every \r redraw into a line
+        lines.put(raw)
+    lines.put(None)
+
+
+def _poll_wait(proc: subprocess.Popen[bytes]) -> int | None:
+    try:
+        return proc.wait(timeout=_POLL)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _failure_message(code: int, tail: list[str], run_dir: Path) -> str:
@@ -101,15 +141,33 @@ def _failure_message(code: int, tail: list[str], run_dir: Path) -> str:
     return f"training process {why}; output in {run_dir}{last_lines(tail)}"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
+    """SIGTERM the training's process group, SIGKILL it after ``grace`` seconds."""
     if proc.poll() is not None:
         return
-    proc.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the flow process dies (kill -9, OOM, a lost pod).
+
+    Without it an orphaned training goes on writing into a run directory that the rerun is
+    about to resume from. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _is_terminal() -> bool:

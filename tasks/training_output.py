@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from tasks.fonts import offline_config_dir
+
 LogSink = Callable[[str], None]
 
 
@@ -18,7 +20,14 @@ def training_env() -> dict[str, str]:
         "YOLO_OFFLINE": "1",  # no DNS probes or downloads: training machines may have no internet
         "PYTHONUNBUFFERED": "1",  # stream epochs as they happen, not at exit
     }
-    return {k: v for k, v in defaults.items() if k not in os.environ}
+    env = {k: v for k, v in defaults.items() if k not in os.environ}
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        # trainyard's own Ultralytics config dir, holding the plot fonts Ultralytics would
+        # otherwise download (and its settings.json, apart from the user's other projects)
+        config_dir = offline_config_dir()
+        if config_dir is not None:
+            env["YOLO_CONFIG_DIR"] = str(config_dir)
+    return env
 
 
 def last_lines(tail: list[str]) -> str:

@@ -282,7 +282,8 @@ def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
     local SQLite store is not mounted (only data and outputs are), so live logging is
     skipped and the flow logs every epoch from results.csv after training.
     """
-    out = {"YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "YOLO_CONFIG_DIR": "/tmp/Ultralytics"}
+    # No YOLO_CONFIG_DIR: the image's own (its ENV) holds the plot fonts Ultralytics would download.
+    out = {"YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
     network = None
     uri = env.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith(("http://", "https://")):

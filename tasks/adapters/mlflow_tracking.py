@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from tasks.errors import TrackingError
+from tasks.redact import redact, split_userinfo
 
 if TYPE_CHECKING:  # mlflow is imported lazily: importing it costs seconds
     from mlflow.tracking import MlflowClient
@@ -30,6 +32,18 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 DEFAULT_STORE = "mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `trainyard ui` serves a local store
+
+# MLflow's own defaults retry an unreachable server 7 times with exponential backoff and wait
+# 120 s per request: one call against a dead server blocked a training for 255 s. These
+# bound a call to ~3 s when the server is down (refused) and ~35 s when it hangs; the
+# training logs from a background thread anyway, and nothing is lost (results.csv is the
+# spool). A user's own MLFLOW_HTTP_REQUEST_* settings win.
+BOUNDED_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 # MLflow param values are capped (6000 chars in MLflow 3); longer values are cut with a marker.
 _PARAM_MAX = 6000
@@ -83,7 +97,10 @@ class Tracker:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.shown = redact(uri)  # what messages and records say: no password
         self._client: MlflowClient | None = None
+        for name, value in BOUNDED_HTTP.items():  # MLflow reads them per request
+            os.environ.setdefault(name, value)
 
     @property
     def client(self) -> "MlflowClient":
@@ -102,16 +119,23 @@ class Tracker:
         """
         if not self.uri.startswith(("http://", "https://")):
             return
-        url = self.uri.rstrip("/") + "/health"
+        bare, user, password = split_userinfo(self.uri)  # urllib does not read credentials from a URL
+        request = urllib.request.Request(bare.rstrip("/") + "/health")
+        if user is not None:
+            import base64
+
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-configured URI
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - user-configured URI
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow tracking server {self.uri} answered {resp.status} on /health")
+                    raise TrackingError(f"MLflow tracking server {self.shown} answered {resp.status} on /health")
         except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(
-                f"MLflow tracking server {self.uri} is not reachable ({reason}); start it, fix "
-                f"tracking.uri / ${TRACKING_URI_ENV}, or unset both to use the local store"
+                f"MLflow tracking server {self.shown} is not reachable ({reason}); start it, fix "
+                f"tracking.uri / ${TRACKING_URI_ENV}, or unset both to use the local store",
+                transient=True,
             ) from None
 
     # ------------------------------------------------------------------ runs
@@ -134,7 +158,7 @@ class Tracker:
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise TrackingError(
-                        f"MLflow experiment {experiment!r} is deleted at {self.uri}; restore it or set tracking.experiment"
+                        f"MLflow experiment {experiment!r} is deleted at {self.shown}; restore it or set tracking.experiment"
                     )
                 exp_id = exp.experiment_id
             run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags))
@@ -147,7 +171,9 @@ class Tracker:
         except TrackingError:
             raise
         except _store_errors() as exc:  # the user needs one message; a bug of ours keeps its traceback
-            raise TrackingError(f"could not create an MLflow run at {self.uri}: {_short(exc)}") from exc
+            raise TrackingError(
+                f"could not create an MLflow run at {self.shown}: {_short(exc)}", transient=_unreachable(exc)
+            ) from exc
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -155,12 +181,19 @@ class Tracker:
         self._call(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        self.send_batch(run_id, self.metric_batch(metrics, step))
+
+    def send_batch(self, run_id: str, batch: list[Any]) -> None:
+        """Log prebuilt ``Metric`` objects (see :meth:`metric_batch`): resending the same ones is idempotent."""
+        if batch:
+            self._call(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    @staticmethod
+    def metric_batch(metrics: Mapping[str, float], step: int) -> list[Any]:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items() if _finite(v)]
-        if batch:
-            self._call(lambda: self.client.log_batch(run_id, metrics=batch))
+        return [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items() if _finite(v)]
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._call(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
@@ -171,21 +204,25 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(lambda: self.client.set_terminated(run_id, status))
 
+    def record_failure(self, run_id: str, text: str, status: str, warn: Callable[[str], None]) -> None:
+        """End ``run_id`` as ``status`` (KILLED, FAILED) with ``text`` in ``trainyard.error``; ``warn`` hears
+        when the tracking store itself cannot be reached to say so (the next `trainyard sync` will)."""
+        try:
+            self.set_tags(run_id, {"trainyard.error": redact(text)[:5000]})
+            self.end_run(run_id, status)
+        except TrackingError:
+            warn(f"could not mark MLflow run {run_id} as {status}; `trainyard sync` will once MLflow is reachable")
+
     @contextlib.contextmanager
     def ends_run_on_error(self, run_id: str, warn: Callable[[str], None]) -> Iterator[None]:
-        """Within it, an exception ends ``run_id`` as KILLED (Ctrl-C) or FAILED with ``trainyard.error``, then
-        propagates; a run never stays RUNNING because its training failed. ``warn`` hears when the
-        tracking store itself cannot be reached to say so.
+        """Within it, an exception ends ``run_id`` as KILLED (Ctrl-C, SIGTERM) or FAILED with
+        ``trainyard.error``, then propagates; a run never stays RUNNING because its work failed.
         """
         try:
             yield
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            try:
-                self.set_tags(run_id, {"trainyard.error": str(exc)[:5000]})
-                self.end_run(run_id, status)
-            except TrackingError:
-                warn(f"could not mark MLflow run {run_id} as {status}")
+            self.record_failure(run_id, str(exc) or type(exc).__name__, status, warn)
             raise
 
     # ------------------------------------------------------------------ reading back
@@ -194,7 +231,12 @@ class Tracker:
         try:
             run = self.client.get_run(run_id)
         except _store_errors() as exc:
-            raise TrackingError(f"no MLflow run {run_id!r} at {self.uri}: {_short(exc)}") from exc
+            if _unreachable(exc):
+                raise TrackingError(f"MLflow at {self.shown} failed: {_short(exc)}", transient=True) from exc
+            raise TrackingError(
+                f"no MLflow run {run_id!r} at {self.shown}: {_short(exc)}; copy the run id from the MLflow UI "
+                "(Run ID on the run's page) and check tracking.uri / $MLFLOW_TRACKING_URI"
+            ) from exc
         return RunRecord(
             run_id=run.info.run_id,
             name=run.info.run_name,
@@ -247,14 +289,27 @@ class Tracker:
 
     def run_url(self, run: RunRecord) -> str:
         """Where a person opens ``run``: the server's UI, or `trainyard ui`'s for a local store."""
-        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
+        # a browser asks for the password itself; a link must not carry it
+        base = split_userinfo(self.uri)[0].rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
         return f"{base}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an interrupted run RUNNING again, so a resumed training can log into it."""
+        self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+        if "trainyard.error" in self.get_run(run_id).tags:  # it is no longer the run's last word
+            self._call(lambda: self.client.delete_tag(run_id, "trainyard.error"))
+
+    def runs_with_status(self, experiment: str, status: str, max_results: int = 200) -> list[RunRecord]:
+        """The newest ``max_results`` runs of ``experiment`` in ``status`` (RUNNING, KILLED, ...)."""
+        return self.search_runs(
+            experiment, f"attributes.status = '{status}'", newest_first=True, max_results=max_results
+        )
 
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
         except _store_errors() as exc:
-            raise TrackingError(f"MLflow at {self.uri} failed: {_short(exc)}") from exc
+            raise TrackingError(f"MLflow at {self.shown} failed: {_short(exc)}", transient=_unreachable(exc)) from exc
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -264,6 +319,99 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     return (MlflowException, RequestException, SQLAlchemyError, OSError)
+
+
+class EpochLogger:
+    """Logs a training's epochs to its MLflow run from a thread, in order, so an absent or slow
+    tracking server never holds up training.
+
+    An epoch that cannot be sent waits at the head of the queue and is retried with backoff
+    (1 s doubling to 15 s); later epochs queue behind it, so MLflow receives them in order once
+    the server is back. A retry resends the very same Metric objects (same timestamps), which
+    MLflow stores once even if the first try reached the server and only its answer was lost.
+    The queue is memory; the durable spool is the run's results.csv, from which the flow (or
+    `trainyard sync`) back-fills whatever is still unsent when the training ends.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, say: Callable[[str], None]) -> None:
+        self.tracker, self.run_id, self.say = tracker, run_id, say
+        self._queue: list[tuple[int, list[Any]]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._down_since: float | None = None
+        self._thread = threading.Thread(target=self._send_loop, name="trainyard-mlflow", daemon=True)
+        self._thread.start()
+
+    def put(self, step: int, metrics: Mapping[str, float]) -> None:
+        with self._cond:
+            self._queue.append((step, Tracker.metric_batch(metrics, step)))
+            self._cond.notify()
+
+    def close(self, timeout: float) -> list[int]:
+        """Send what is queued, waiting at most ``timeout`` s; return the epochs left unsent."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        with self._cond:
+            left = [step for step, _ in self._queue]
+        if left:
+            self.say(
+                f"MLflow at {self.tracker.shown} is still unreachable: epochs {left[0]}..{left[-1]} stay in "
+                "results.csv and are logged when the flow (or `trainyard sync`) reaches it"
+            )
+        return left
+
+    def _send_loop(self) -> None:
+        delay = 1.0
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                step, batch = self._queue[0]
+            try:
+                self.tracker.send_batch(self.run_id, batch)
+            except TrackingError as exc:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    self.say(f"could not log epoch {step} to MLflow ({exc}); training goes on, epochs are spooled")
+                with self._cond:
+                    self._cond.wait(delay)  # close() wakes it for one more try
+                    if self._closing:
+                        delay = min(delay, 2.0)
+                delay = min(delay * 2, 15.0)
+                continue
+            with self._cond:
+                self._queue.pop(0)
+                waiting = len(self._queue)
+            if self._down_since is not None:
+                self.say(
+                    f"MLflow is back after {time.monotonic() - self._down_since:.0f} s; "
+                    f"logging spooled epochs from {step} ({waiting} more queued)"
+                )
+                self._down_since = None
+            delay = 1.0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store could not be reached (worth a retry later), not that it refused."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, (RequestException, OSError, OperationalError)):
+        return True  # connection refused/reset, timeouts, DNS; a locked or vanished SQLite file
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        return (
+            exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+            or "failed with exception" in text  # rest_utils wraps requests' connection errors so
+            or "Max retries exceeded" in text
+            or "timed out" in text
+        )
+    return False
 
 
 def backfill_epochs(tracker: Tracker, run_id: str, results_csv: Path) -> int:

@@ -52,6 +52,8 @@ from tasks.job import (
 if TYPE_CHECKING:  # ultralytics costs seconds to import; only the training process needs it
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    from tasks.adapters.mlflow_tracking import EpochLogger
+
 # Ultralytics' callback modules whose callbacks trainyard removes from its trainers.
 _FOREIGN_CALLBACK_MODULES = (
     "ultralytics.utils.callbacks.mlflow",
@@ -134,6 +136,7 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
         }
     else:
         kwargs = {"data": job.data_yaml, "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, **args}
+    _amp_check_never_downloads()
     from ultralytics import YOLO
 
     with _environ(JOB_ENV, str(job_path)):
@@ -164,6 +167,8 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import DEFAULT_CFG
 
+    _amp_check_never_downloads()  # also here: a DDP worker (its rank 0 checks AMP) starts with this class
+
     class TrainyardTrainer(DetectionTrainer):
         """Ultralytics' detection trainer with one MLflow run, atomic checkpoints and ``stop_after``."""
 
@@ -190,17 +195,22 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             super().run_callbacks(event)
 
         def train(self) -> None:
-            if not self.ddp or self.resume:
-                super().train()
-                return
-            # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
-            # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
-            # cannot remove). prepare_run_dir gave us a clean one.
-            self.resume = True
             try:
-                super().train()
+                if not self.ddp or self.resume:
+                    super().train()
+                    return
+                # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
+                # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
+                # cannot remove). prepare_run_dir gave us a clean one.
+                self.resume = True
+                try:
+                    super().train()
+                finally:
+                    self.resume = False
             finally:
-                self.resume = False
+                if self.trainyard_sink is not None:
+                    # bounded: an absent server costs seconds here; results.csv keeps what is unsent
+                    self.trainyard_sink.close(timeout=_FLUSH_TIMEOUT)
 
         def save_model(self) -> bool:
             # Ultralytics overwrites last.pt in place: a kill mid-write would leave neither the
@@ -233,7 +243,7 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
     return TrainyardTrainer
 
 
-EpochSink = Callable[[int, dict[str, float]], None]
+_FLUSH_TIMEOUT = 5.0  # seconds the training waits at its end for MLflow to take the last epochs
 
 
 def _job_from_env() -> TrainJob:
@@ -248,16 +258,15 @@ def _job_from_env() -> TrainJob:
     return TrainJob.read(Path(path))
 
 
-def _mlflow_sink() -> EpochSink | None:
+def _mlflow_sink() -> "EpochLogger | None":
     from tasks.adapters.mlflow_tracking import RUN_ID_ENV, TRACKING_URI_ENV
 
     run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
-    if not (run_id and uri):
+    if not (run_id and uri) or not _is_main_rank():
         return None
-    from tasks.adapters.mlflow_tracking import Tracker
+    from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
 
-    tracker = Tracker(uri)
-    return lambda epoch, metrics: tracker.log_metrics(run_id, metrics, step=epoch)
+    return EpochLogger(Tracker(uri), run_id, lambda text: print(f"trainyard: {text}", file=sys.stderr, flush=True))
 
 
 def _is_main_rank() -> bool:
@@ -278,7 +287,7 @@ def _log_epoch(trainer: Any) -> None:
     if epoch in trainer.trainyard_logged or epoch <= job.logged_through:
         return
     trainer.trainyard_logged.add(epoch)
-    sink: EpochSink | None = trainer.trainyard_sink
+    sink: EpochLogger | None = trainer.trainyard_sink
     if sink is None:
         return
     metrics = {
@@ -288,7 +297,7 @@ def _log_epoch(trainer: Any) -> None:
     }
     metrics.pop("fitness", None)
     try:
-        sink(epoch, {k: float(v) for k, v in metrics.items()})
+        sink.put(epoch, {k: float(v) for k, v in metrics.items()})  # sent from a thread, never waits
     except Exception as exc:  # tracking must never kill a training; the flow backfills
         warnings.warn(f"trainyard: could not log epoch {epoch}: {exc}", stacklevel=1)
 
@@ -388,6 +397,52 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+def _amp_check_never_downloads() -> None:
+    """Make Ultralytics' AMP check (this process only) load its model from disk or not at all.
+
+    On a GPU ``check_amp`` compares FP32 with AMP results of a small model (yolo26n.pt in
+    WEIGHTS_DIR), downloading it when missing, YOLO_OFFLINE=1 or not, and takes a
+    ConnectionError as "offline": AMP on. So the check keeps all it decides before (off on
+    CPU/MPS and on GPUs known to fail) and runs in full when the model is on disk; otherwise
+    its model loader raises that ConnectionError without trying the network. Idempotent.
+    """
+    import ultralytics
+    import ultralytics.engine.trainer as engine
+    from ultralytics.utils import LOGGER
+
+    check_amp = engine.check_amp
+    if getattr(check_amp, "trainyard_offline", False):
+        return
+
+    def offline_check_amp(model: Any) -> bool:
+        from ultralytics.utils import WEIGHTS_DIR  # where check_amp looks, read as it reads it
+
+        real_yolo = ultralytics.YOLO
+        before = vars(ultralytics).get("YOLO")  # absent: Ultralytics imports its models lazily
+
+        def yolo_from_disk(weights: Any, *args: Any, **kwargs: Any) -> Any:
+            for path in (Path(weights), Path(WEIGHTS_DIR) / Path(weights).name):
+                if path.is_file():
+                    return real_yolo(str(path), *args, **kwargs)
+            LOGGER.info(
+                f"AMP: check skipped, {Path(weights).name} not downloaded: trainyard never downloads weights "
+                f"(put it in {WEIGHTS_DIR} for the full check); AMP stays on"
+            )
+            raise ConnectionError(f"{Path(weights).name} is not on disk")
+
+        vars(ultralytics)["YOLO"] = yolo_from_disk  # check_amp does `from ultralytics import YOLO`
+        try:
+            return bool(check_amp(model))
+        finally:
+            if before is None:
+                vars(ultralytics).pop("YOLO", None)
+            else:
+                vars(ultralytics)["YOLO"] = before
+
+    offline_check_amp.trainyard_offline = True  # type: ignore[attr-defined]
+    engine.check_amp = offline_check_amp
 
 
 def main(argv: list[str] | None = None) -> int:

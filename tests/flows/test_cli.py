@@ -63,7 +63,7 @@ def test_run_refuses_weights_it_would_have_to_download(
 
 
 def test_evaluate_without_a_run_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 1
+    assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2  # a usage error (README exit codes)
     assert "trainyard train --run-dir" in capsys.readouterr().err
 
 
@@ -107,7 +107,7 @@ def test_doctor_passes_locally_and_fails_with_the_fix_when_mlflow_is_down(
     out = capsys.readouterr().out
     assert "ok    data source" in out and "gpus (nvml)" in out and out.rstrip().endswith("ready")
     dead = f"http://127.0.0.1:{free_port()}"
-    assert main(["doctor", "--params", str(params), "--set", f"tracking.uri={dead}"]) == 6
+    assert main(["doctor", "--params", str(params), "--set", f"tracking.uri={dead}"]) == 4  # tracking
     captured = capsys.readouterr()
     assert "FAIL  mlflow" in captured.out and dead in captured.out and "fix:" in captured.out
     assert "required check(s) failed: mlflow" in captured.err

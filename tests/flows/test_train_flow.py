@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import DatasetError, PreflightError
+from tasks.errors import DatasetError, TrackingError
 from tasks.params import load_params, params_hash
 from tasks.adapters.mlflow_tracking import Tracker
 from tasks.adapters.git_dvc import code_version, dvc_dir_md5
@@ -157,7 +157,7 @@ def test_tracking_server_down_is_one_clear_error(
         tmp_path / "params.yaml", tiny_dataset, tracking_uri=dead, experiment="x", stage_root=tmp_path / "stage"
     )
     started = time.monotonic()
-    with pytest.raises(PreflightError) as info:  # the flow's preflight is `trainyard doctor`
+    with pytest.raises(TrackingError) as info:  # the flow's preflight is `trainyard doctor`
         train_flow(params_path=str(params))
     assert dead in str(info.value) and "not reachable" in str(info.value) and "mlflow" in str(info.value)
     assert time.monotonic() - started < 120  # not MLflow's minutes of silent retries

@@ -107,7 +107,7 @@ def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
     assert params.data.source == "data/demo"
     assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
     assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
-    assert asdict(params.tracking) == {"uri": None, "experiment": "trainyard", "run_name": None}
+    assert asdict(params.tracking) == {"uri": None, "experiment": "trainyard", "run_name": None, "wait": 60}
 
 
 def test_null_sections_count_as_empty(tmp_path: Path) -> None:

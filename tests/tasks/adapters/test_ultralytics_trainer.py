@@ -199,7 +199,7 @@ def test_epochs_mlflow_already_has_are_not_logged_again(yolo_config_dir: Path) -
     job = TrainJob(run_dir="run", data_yaml="data.yaml", logged_through=2, stop_after=3)
     trainer = SimpleNamespace(
         trainyard_job=job,
-        trainyard_sink=lambda epoch, metrics: logged.append((epoch, metrics["train/box_loss"])),
+        trainyard_sink=SimpleNamespace(put=lambda epoch, metrics: logged.append((epoch, metrics["train/box_loss"]))),
         trainyard_logged=set(),
         trainyard_final_eval=False,
         stop=False,
