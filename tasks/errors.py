@@ -46,6 +46,13 @@ class TrainyardError(Exception):
     exit_code: int = 1
     transient: bool = False  # True when the same call may succeed a moment later
 
+    def __init__(self, *args: object) -> None:
+        # One place for it: no error a user sees, logs or records carries a URL's password
+        # (MLflow and requests put the full URL into their messages).
+        from tasks.redact import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
 
 class ParamsError(TrainyardError):
     """params.yaml or an override names an unknown key or holds a value of the wrong type."""

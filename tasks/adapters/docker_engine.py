@@ -191,7 +191,7 @@ class DockerRunner:
             mounts=mounts,
             environment=container_env,
             shm_size=self.shm_size,  # Docker's 64 MB /dev/shm kills PyTorch dataloader workers
-            labels={"org.trainyard.run_dir": str(run_dir)},
+            labels={RUN_DIR_LABEL: str(run_dir)},
             working_dir=str(run_dir),
         )
         if user:
@@ -209,6 +209,12 @@ class DockerRunner:
                 Ulimit(name="memlock", soft=-1, hard=-1),
                 Ulimit(name="stack", soft=67108864, hard=67108864),
             ]
+        # A container of an earlier attempt in this run directory outlives a flow killed with
+        # SIGKILL (a preempted node): it would go on writing where this one resumes.
+        for stale in self.client.containers.list(all=True, filters={"label": f"{RUN_DIR_LABEL}={run_dir}"}):
+            log(f"removing the container {stale.short_id} an earlier, killed attempt left training in {run_dir}")
+            with contextlib.suppress(docker.errors.APIError):
+                stale.remove(force=True)
         try:
             container = self.client.containers.create(self.resolved.run_ref, **kwargs)
         except docker.errors.APIError as exc:
@@ -257,6 +263,9 @@ class DockerRunner:
             )
 
 
+RUN_DIR_LABEL = "org.trainyard.run_dir"
+
+
 def gpu_requests(gpus: str) -> list[dict[str, Any]]:
     """``container.gpus`` -> Docker device requests: "all", "0,1" (device ids) or "none"."""
     value = str(gpus).strip().lower()
@@ -285,6 +294,9 @@ def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
     # No YOLO_CONFIG_DIR: the image's own (its ENV) holds the plot fonts Ultralytics would download.
     out = {"YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
     network = None
+    from tasks.adapters.mlflow_tracking import BOUNDED_HTTP
+
+    out.update({name: os.environ.get(name, value) for name, value in BOUNDED_HTTP.items()})
     uri = env.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith(("http://", "https://")):
         out["MLFLOW_TRACKING_URI"] = uri

@@ -456,7 +456,7 @@ def _finite(value: Any) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = redact(str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
 

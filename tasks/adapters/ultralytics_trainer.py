@@ -9,8 +9,8 @@ and the user's Ultralytics settings allow it; that callback opens its own run in
 experiment (named after ``project``), logs params that clash with ours and ends the
 active run. We remove it (and the other third-party integrations) from the trainer and
 log each epoch ourselves into the run the flow created, so there is exactly one run.
-We do this per trainer instead of flipping Ultralytics' settings, because settings are
-persisted in the user's home and would change their other projects.
+We do this per trainer instead of flipping Ultralytics' settings: a user who points
+$YOLO_CONFIG_DIR at their own settings keeps them, and settings persist across projects.
 
 Multi-GPU: with ``device: "0,1"`` Ultralytics trains in fresh interpreters started by
 ``torch.distributed.run``, which rebuild the trainer from its class (pickled by reference)

@@ -143,8 +143,8 @@ def _assert_every_epoch_once(tracker: Tracker, run_id: str) -> None:
 
 
 def _epoch_seconds(results: Path) -> list[float]:
-    times = [0.0] + [row_time for row_time in _times(results)]
-    return [b - a for a, b in zip(times, times[1:])]
+    times = [0.0, *_times(results)]  # results.csv's time: seconds since the training started
+    return [times[i + 1] - times[i] for i in range(len(times) - 1)]
 
 
 def _times(results: Path) -> list[float]:

@@ -82,3 +82,36 @@ def test_a_clean_block_leaves_the_run_running(tmp_path: Path) -> None:
     with tracker.ends_run_on_error(run_id, print):
         pass
     assert tracker.get_run(run_id).status == "RUNNING"
+
+
+def test_the_epoch_logger_never_holds_up_training_and_keeps_order(tmp_path: Path) -> None:
+    import time
+
+    from tasks.adapters.mlflow_tracking import EpochLogger
+    from tests.conftest import free_port
+
+    dead = EpochLogger(Tracker(f"http://127.0.0.1:{free_port()}"), "run", lambda text: None)
+    started = time.monotonic()
+    for epoch in (1, 2, 3):
+        dead.put(epoch, {"train/box_loss": 1.0 / epoch})
+    assert time.monotonic() - started < 0.5  # put() only queues
+    assert dead.close(timeout=1) == [1, 2, 3]  # left to the back-fill from results.csv
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    live = EpochLogger(tracker, run_id, lambda text: None)
+    for epoch in (1, 2, 3):
+        live.put(epoch, {"train/box_loss": 1.0 / epoch})
+    assert live.close(timeout=30) == []
+    assert [s for s, _ in tracker.metric_history(run_id, "train/box_loss")] == [1, 2, 3]
+
+
+def test_an_unknown_run_is_not_worth_a_retry_and_a_dead_server_is(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    with pytest.raises(TrackingError) as missing:
+        Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run("deadbeef")
+    assert not missing.value.transient and "deadbeef" in str(missing.value)
+    with pytest.raises(TrackingError) as down:
+        Tracker(f"http://127.0.0.1:{free_port()}").get_run("deadbeef")
+    assert down.value.transient
