@@ -95,7 +95,9 @@ def _interrupt_line(exc: Interrupted, argv: Sequence[str] | None) -> str:
     import shlex
 
     again = shlex.join(["trainyard", *(sys.argv[1:] if argv is None else argv)])
-    ctx = exc.context
+    from flows.terminal import context_of
+
+    ctx = context_of(exc)
     if not ctx.get("run_id"):
         return f"trainyard: interrupted ({exc.signal_name}) before training started; nothing to resume"
     note = ctx.get("note", "")

@@ -80,6 +80,13 @@ def quiet_terminal() -> None:
                 handler.addFilter(TerminalFilter())
 
 
+def context_of(exc: Interrupted) -> dict[str, str]:
+    """The run an interruption stopped: on the exception, or (Prefect's SIGTERM path) as last recorded."""
+    from tasks.run_finish import LAST_INTERRUPTION
+
+    return exc.context or LAST_INTERRUPTION
+
+
 class InterruptGuard:
     """Turns SIGINT/SIGTERM into :class:`Interrupted` in the main thread, with a watchdog (see module doc)."""
 
@@ -111,7 +118,7 @@ class InterruptGuard:
         start = time.monotonic()
         while True:
             time.sleep(0.2)
-            recorded = exc.context.get("recorded")  # time.monotonic() when the MLflow run was marked KILLED
+            recorded = context_of(exc).get("recorded")  # time.monotonic() when the run was marked KILLED
             if time.monotonic() > (float(recorded) + _GRACE if recorded else start + _NO_RUN_GRACE):
                 code = self.report(exc)
                 sys.stdout.flush()

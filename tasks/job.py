@@ -114,7 +114,7 @@ def failure_text(exc: BaseException, run_dir: Path) -> str:
     if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM
         how = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
         if type(exc).__name__ == "TerminationSignal":
-            how = "terminated (SIGTERM)"
+            how = "interrupted by SIGTERM"
         done = epochs_done(run_dir)
         where = f"after epoch {done}" if done else "before its first epoch ended"
         then = (

@@ -81,14 +81,22 @@ def record_stop(
     interrupted = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"  # Prefect's SIGTERM
     text = failure_text(exc, run_dir)
     tracker.record_failure(run_id, text, "KILLED" if interrupted else "FAILED", warn)
-    if isinstance(exc, Interrupted):
-        exc.context.update(
-            run_id=run_id, run_name=name, run_dir=str(run_dir), note=text, recorded=str(time.monotonic())
-        )
+    if interrupted:
+        context = dict(run_id=run_id, run_name=name, run_dir=str(run_dir), note=text, recorded=str(time.monotonic()))
+        LAST_INTERRUPTION.clear()
+        LAST_INTERRUPTION.update(context)
+        if isinstance(exc, Interrupted):
+            exc.context.update(context)
     try:
         exc.trainyard_recorded = True  # type: ignore[attr-defined]
     except AttributeError:
         pass
+
+
+# The run the last interruption in this process stopped. Under a flow, Prefect turns SIGTERM
+# into its own TerminationSignal and then re-sends the signal to the CLI's handler, which
+# raises a fresh Interrupted: this is how the CLI's one line still names the run.
+LAST_INTERRUPTION: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,10 @@ def test_kill_9_of_trainyard_run_then_a_rerun_resumes_into_the_same_run(tmp_path
     assert not tracker.runs_with_status("bad-days", "RUNNING")
 
 
-def test_ctrl_c_in_a_terminal_stops_within_seconds_with_one_line(tmp_path: Path, tiny_dataset: Path) -> None:
+@pytest.mark.parametrize(("how", "code_wanted", "name"), [("ctrl-c", 130, "SIGINT"), ("sigterm", 143, "SIGTERM")])
+def test_ctrl_c_in_a_terminal_stops_within_seconds_with_one_line(
+    tmp_path: Path, tiny_dataset: Path, how: str, code_wanted: int, name: str
+) -> None:
     _project(tmp_path, tiny_dataset, None)
     master, slave = os.openpty()
 
@@ -270,7 +273,10 @@ def test_ctrl_c_in_a_terminal_stops_within_seconds_with_one_line(tmp_path: Path,
         if pressed is None:
             found = list(tmp_path.glob("runs/*/results.csv"))
             if found and len(read_results_csv(found[0])) >= 2:
-                os.write(master, b"\x03")  # Ctrl-C
+                if how == "ctrl-c":
+                    os.write(master, b"\x03")  # the terminal sends SIGINT to its foreground group
+                else:
+                    os.kill(proc.pid, signal.SIGTERM)  # as `kill`, a supervisor or a worker would
                 pressed = time.monotonic()
         elif proc.poll() is not None and not ready:
             break
@@ -278,7 +284,7 @@ def test_ctrl_c_in_a_terminal_stops_within_seconds_with_one_line(tmp_path: Path,
     assert pressed is not None
     took = time.monotonic() - pressed
     text = screen.decode(errors="replace").replace("\r", "\n")
-    assert code == 130, text[-3000:]
+    assert code == code_wanted, text[-3000:]
     assert took < 10
     assert "Traceback" not in text
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -286,7 +292,7 @@ def test_ctrl_c_in_a_terminal_stops_within_seconds_with_one_line(tmp_path: Path,
     lines = [line for line in text.splitlines() if "trainyard: interrupted" in line]  # after the echoed ^C
     assert len(lines) == 1 and run_id in lines[0] and "marked KILLED" in lines[0] and "resume with" in lines[0]
     run = tracker.get_run(run_id)
-    assert run.status == "KILLED" and run.tags["trainyard.error"].startswith("interrupted by SIGINT after epoch")
+    assert run.status == "KILLED" and run.tags["trainyard.error"].startswith(f"interrupted by {name} after epoch")
     assert not [p for p in _children_training(tmp_path)], "the training outlived Ctrl-C"
 
 

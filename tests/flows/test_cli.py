@@ -111,3 +111,28 @@ def test_doctor_passes_locally_and_fails_with_the_fix_when_mlflow_is_down(
     captured = capsys.readouterr()
     assert "FAIL  mlflow" in captured.out and dead in captured.out and "fix:" in captured.out
     assert "required check(s) failed: mlflow" in captured.err
+
+
+def test_sync_finishes_what_an_outage_left_and_says_so(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tasks.adapters.mlflow_tracking import Tracker
+    from tasks.run_finish import Unfinished, record_unfinished
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
+    assert main(["sync", "--params", str(params)]) == 0
+    assert "nothing to sync" in capsys.readouterr().out
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("x", "r", tags={}, params={})
+    run_dir = tmp_path / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.csv").write_text("epoch,train/box_loss\n1,2.0\n2,1.0\n")
+    record_unfinished(tmp_path, Unfinished(run_id, str(run_dir), tracker.shown, True, time.time(), "down"))
+    assert main(["sync", "--params", str(params)]) == 0
+    assert f"finished MLflow run {run_id}" in capsys.readouterr().out
+    assert tracker.get_run(run_id).status == "FINISHED"
