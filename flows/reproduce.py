@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.train import retry_if_transient, train_flow
 from tasks.params import load_params
+from tasks.redact import MASK
 from tasks.repro_key import ReproKey
 from tasks.reproduce import Verdict, compare, image_for_reproduction, read_record
 from tasks.stage_cache import default_stage_root
@@ -71,6 +72,8 @@ def reproduce_flow(
         )
         sets.append(f"container.image={image}")
         tags.update(drift)
+    if MASK in record.params_yaml and local.data.endpoint_url:  # recorded without its password
+        sets.append(f"data.endpoint_url={local.data.endpoint_url}")
     # The recorded params.yaml, beside the local one so its relative paths mean the same.
     recorded = local.base_dir / f".reproduce-{run_id}.params.yaml"
     recorded.write_text(record.params_yaml)

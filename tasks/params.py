@@ -229,8 +229,10 @@ class Params:
         }
 
     def flat(self) -> dict[str, str]:
-        """``section.key`` -> string, for MLflow params (which are flat strings)."""
-        return flatten(self.as_dict())
+        """``section.key`` -> string, for MLflow params (which are flat strings); no URL passwords."""
+        from tasks.redact import redact
+
+        return {k: redact(v) for k, v in flatten(self.as_dict()).items()}
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
         p = Path(value).expanduser()
@@ -264,7 +266,10 @@ class Params:
         return model
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.as_dict(), sort_keys=False)
+        """The resolved params as the run records them: URL passwords masked (see tasks.redact)."""
+        from tasks.redact import redact
+
+        return redact(yaml.safe_dump(self.as_dict(), sort_keys=False))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

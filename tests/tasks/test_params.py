@@ -491,6 +491,15 @@ def test_overrides_show_in_as_dict_and_flat(tmp_path: Path) -> None:
     assert yaml.safe_load(params.to_yaml()) == tree
 
 
+def test_url_passwords_stay_out_of_what_a_run_records(tmp_path: Path) -> None:
+    params = load_params(
+        write(tmp_path, TYPICAL), ("tracking.uri=http://ci:s3cret@x:5000", "data.endpoint_url=http://k:pw@minio:9000")
+    )
+    assert params.tracking.uri == "http://ci:s3cret@x:5000"  # the client still gets it
+    assert params.flat()["tracking.uri"] == "http://ci:***@x:5000"
+    assert "s3cret" not in params.to_yaml() and "pw@" not in params.to_yaml() and "k:***@minio" in params.to_yaml()
+
+
 def test_as_dict_is_a_copy(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, with_train(imgsz=[96, 96])))
     tree = params.as_dict()
