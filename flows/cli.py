@@ -254,7 +254,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _flow_session(args.params, args.command)
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
-    result = train_flow(params_path=args.params, overrides=list(args.overrides), run_dir=args.run_dir, force=args.force)
+    from tasks.redact import hide
+
+    result = train_flow(
+        params_path=args.params, overrides=[hide(o) for o in args.overrides], run_dir=args.run_dir, force=args.force
+    )
     m = result.metrics
     print()
     if result.outcome == "up to date":
@@ -394,6 +398,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.checkout:
         return _reproduce_in_worktree(args)
     from flows.reproduce import reproduce_flow
+    from tasks.redact import hide
     from tasks.reproduce import DIFFERS
 
     result = reproduce_flow(
@@ -401,7 +406,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         params_path=args.params,
         epochs=args.epochs,
         allow_drift=args.allow_drift,
-        overrides=list(args.overrides),
+        overrides=[hide(o) for o in args.overrides],  # no password into Prefect's database
     )
     print()
     print(f"reproduction of {result.original_run_id}: MLflow run {result.run_id}")

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.train import retry_if_transient, train_flow
 from tasks.params import load_params
-from tasks.redact import MASK
+from tasks.redact import MASK, hide, reveal
 from tasks.repro_key import ReproKey
 from tasks.reproduce import Verdict, compare, image_for_reproduction, read_record
 from tasks.stage_cache import default_stage_root
@@ -80,7 +80,7 @@ def reproduce_flow(
     try:
         result = train_flow(
             params_path=str(recorded),
-            overrides=sets + list(overrides or []),
+            overrides=[hide(o) for o in sets + [reveal(o) for o in overrides or []]],  # no password to Prefect
             data_version=record.key.data_hash,
             data_commit=record.key.code_commit,
             stop_after=replay if replay < record.epochs else None,

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Callable
 
 from tasks.errors import Interrupted
-from tasks.redact import RedactingFilter
+from tasks.redact import RedactingFilter, redact_log_handlers
 
 LOG_DIR = Path(".trainyard") / "logs"
 FILE_ONLY = "trainyard.logfile"
@@ -70,13 +70,14 @@ class TerminalFilter(logging.Filter):
 
 
 def quiet_terminal() -> None:
-    """Filter the console handlers Prefect installed (call after importing prefect)."""
+    """Filter the console handlers Prefect installed (call after importing prefect); no handler,
+    Prefect's API log handler included, passes a URL password."""
+    redact_log_handlers()
     for name in ("", "uvicorn", "fastapi"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.FileHandler):
                 continue
             if not any(isinstance(f, TerminalFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
                 handler.addFilter(TerminalFilter())
 
 

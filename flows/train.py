@@ -7,6 +7,7 @@ the `dvc repro` train stage and scheduled deployments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +21,10 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.doctor import ensure_ready, format_table
 from tasks.errors import TrainingError, TrainyardError
 from tasks.params import Params, load_params, params_hash
-from tasks.redact import redact
+from tasks.redact import redact, redact_log_handlers, reveal
 from tasks.repro_key import ReproKey, run_name, run_tags, same_inputs_filter, trainyard_version
 from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
-from tasks.run_lease import Heartbeat, owner_tags, resumable_run
+from tasks.run_lease import Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
@@ -169,12 +170,8 @@ finish_run_task = task(name="finish-mlflow-run", cache_policy=NO_CACHE)(finish_o
     cache_policy=NO_CACHE,
 )
 def resumable_run_task(tracking_uri: str, experiment: str, key: ReproKey, run_dir: Path | None) -> RunRecord | None:
-    """An interrupted run of this very training (same key) whose run directory can resume, reopened."""
-    tracker = Tracker(tracking_uri)
-    run = resumable_run(tracker.runs_with_status(experiment, "KILLED"), key.digest, run_dir)
-    if run is not None:
-        tracker.reopen_run(run.run_id)
-    return run
+    """An interrupted run of this very training (same key) whose run directory can resume."""
+    return resumable_run(Tracker(tracking_uri).runs_with_status(experiment, "KILLED"), key.digest, run_dir)
 
 
 @task(
@@ -217,8 +214,10 @@ def train_flow(
     ``data_version`` (a DVC md5) trains on exactly that version or fails; ``stop_after``
     ends after N epochs with the full run's schedule (both used by `trainyard reproduce`).
     """
+    redact_log_handlers()  # also when a worker or `trainyard serve` runs the flow, not the CLI
     logger = get_run_logger()
-    params = load_params_task(params_path, tuple(overrides or ()))
+    # the CLI passes passwords of --set URLs redacted (Prefect stores flow parameters); see tasks.redact
+    params = load_params_task(params_path, tuple(reveal(o) for o in overrides or ()))
     train_args = _train_args(params)
     checks = preflight_task(params)
     logger.info("preflight:\n%s", format_table(checks))
@@ -260,34 +259,42 @@ def train_flow(
         if prior is not None:
             return _up_to_date(prior, key, params, tracking_uri)
     fixed_dir = Path(run_dir).resolve() if run_dir else None
-    interrupted = resumable_run_task(tracking_uri, experiment, key, fixed_dir) if stop_after is None else None
-    if interrupted is not None:
-        run_id, name = interrupted.run_id, interrupted.name
-        out = Path(interrupted.tags["trainyard.run_dir"])
-        logger.warning("resuming interrupted MLflow run %s (%s) in %s", name, run_id, out)
-    else:
-        if fixed_dir:
-            prepare_run_dir(fixed_dir, logger.warning)  # refuse before opening a run
-        tags = {**_prefect_tags(), **(extra_tags or {})}
-        run_id, name = start_run_task(params, key, tracking_uri, report, staged, tags)
-        out = fixed_dir or prepare_run_dir(params.base_dir / "runs" / run_id, logger.warning)
-    tracker.set_tags(run_id, {**owner_tags(out), **_prefect_tags()})
-    try:
-        with Heartbeat(tracker, run_id):
-            (out / "params.yaml").write_text(params.to_yaml())
-            (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-            data_yaml = staged.training_yaml(out / "data.yaml")
-            job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
-            with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
-                resumed = train_task.with_options(
-                    retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
-                )(runner, job, tracking_uri, run_id)
-    except BaseException as exc:  # a run never stays RUNNING because its training failed or was interrupted
-        record_stop(tracker, run_id, name, out, exc, logger.warning)
-        raise
-    metrics = finish_run_task(
-        tracker, run_id, out, stop_after is None, params.base_dir, params.tracking.wait, logger.warning
-    )
+    with contextlib.ExitStack() as held:  # one training per run directory, until its run is finished
+        lock = held.enter_context(RunDirLock(fixed_dir)) if fixed_dir else None
+        interrupted = resumable_run_task(tracking_uri, experiment, key, fixed_dir) if stop_after is None else None
+        if interrupted is not None:
+            run_id, name = interrupted.run_id, interrupted.name
+            out = Path(interrupted.tags["trainyard.run_dir"])
+            lock = lock or held.enter_context(RunDirLock(out, run_id))
+            tracker.reopen_run(run_id)
+            logger.warning("resuming interrupted MLflow run %s (%s) in %s", name, run_id, out)
+        else:
+            if fixed_dir:
+                prepare_run_dir(fixed_dir, logger.warning)  # refuse before opening a run
+            tags = {**_prefect_tags(), **(extra_tags or {})}
+            run_id, name = start_run_task(params, key, tracking_uri, report, staged, tags)
+            out = fixed_dir or params.base_dir / "runs" / run_id
+            lock = lock or held.enter_context(RunDirLock(out, run_id))
+            if not fixed_dir:
+                prepare_run_dir(out, logger.warning)
+        lock.claim(run_id)
+        tracker.set_tags(run_id, {**owner_tags(out), **_prefect_tags()})
+        try:
+            with Heartbeat(tracker, run_id):
+                (out / "params.yaml").write_text(params.to_yaml())
+                (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+                data_yaml = staged.training_yaml(out / "data.yaml")
+                job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
+                with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
+                    resumed = train_task.with_options(
+                        retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
+                    )(runner, job, tracking_uri, run_id)
+        except BaseException as exc:  # a run never stays RUNNING because its training failed or was interrupted
+            record_stop(tracker, run_id, name, out, exc, logger.warning)
+            raise
+        metrics = finish_run_task(
+            tracker, run_id, out, stop_after is None, params.base_dir, params.tracking.wait, logger.warning
+        )
     url = tracker.run_url(tracker.get_run(run_id))
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))

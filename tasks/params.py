@@ -323,6 +323,8 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[st
         ) from None
     except OSError as exc:
         raise ParamsError(f"{where}: cannot read: {exc.strerror}") from None
+    if len(text) > MAX_FILE_CHARS:
+        raise ParamsError(f"{where}: {len(text)} characters; a params file is at most {MAX_FILE_CHARS}")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -333,6 +335,7 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[st
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{where}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    _check_size(raw, where)  # before anything copies it: YAML aliases can make 5 KB into millions of values
     tree = copy.deepcopy(raw)
     origins: dict[str, str] = {}
     for override in overrides:
@@ -352,6 +355,15 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: list[st
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``train.epochs=3`` -> ("train", "epochs", 3). Values are YAML, so 3 is an int, true a bool."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the shell passed that are not UTF-8 (surrogate escapes)
+        raise ParamsError(
+            f"--set {text.encode('utf-8', 'backslashreplace').decode()!r}: not UTF-8 text "
+            f"(character {exc.start}); pass the value as UTF-8"
+        ) from None
+    if len(text) > MAX_STRING:
+        raise ParamsError(f"--set {text[:60]!r}...: {len(text)} characters; a --set is at most {MAX_STRING}")
     if "=" not in text:
         raise ParamsError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=3")
     dotted, _, value_text = text.partition("=")
@@ -445,6 +457,76 @@ def _check_section(name: str, body: dict[str, Any], keys: dict[str, _Key], where
     return out
 
 
+MAX_FILE_CHARS = 1_000_000  # a params file is a page of settings, not data
+MAX_VALUES = 100_000  # values after YAML aliases are expanded (an "alias bomb" makes billions)
+MAX_STRING = 4096  # characters in one value (paths, URIs; PATH_MAX is 4096 on Linux)
+
+
+def _check_size(tree: Any, where: str) -> None:
+    """Refuse a document that expands to too many values or holds an over-long string, naming the key."""
+    seen = 0
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        dotted, node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ParamsError(
+                f"{where}: more than {MAX_VALUES} values (near {dotted or 'the top'}); YAML aliases (*name) "
+                "that repeat large blocks are the usual cause; write the values out"
+            )
+        if isinstance(node, dict):
+            stack.extend((f"{dotted}.{k}" if dotted else str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{dotted}[{i}]", v) for i, v in enumerate(node))
+        elif isinstance(node, str) and len(node) > MAX_STRING:
+            raise ParamsError(
+                f"{where}: {dotted} is {len(node)} characters long; a value is at most {MAX_STRING} (a path or URL)"
+            )
+
+
+def _check_ranges(body: dict[str, Any], where: str) -> None:
+    """The ranges Ultralytics' check_cfg enforces at training time, and stricter ones where Ultralytics
+    would silently train something else than the params record; checked before any run is opened."""
+    from tasks.ultralytics_rules import FRACTION_KEYS, INT_MIN, MAX_STRIDE
+
+    def refuse(key: str, form: str) -> ParamsError:
+        return ParamsError(f"{where}: train.{key} is {body[key]!r}; valid form: {form}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key, value in body.items():
+        if key in INT_MIN and number(value) and value < INT_MIN[key]:
+            raise refuse(key, f"an integer >= {INT_MIN[key]}")
+        if key in FRACTION_KEYS and key != "fraction" and number(value) and not 0.0 <= value <= 1.0:
+            raise refuse(key, "a number from 0.0 to 1.0")
+    if number(body.get("lr0")) and body["lr0"] <= 0:
+        raise refuse("lr0", "a learning rate above 0 and at most 1.0, like 0.01")
+    if number(body.get("fraction")) and body["fraction"] <= 0:
+        raise refuse("fraction", "a share of the training images above 0, up to 1.0")
+    batch: Any = body.get("batch")
+    if number(batch) and not (batch == -1 or (isinstance(batch, int) and batch >= 1) or 0 < batch < 1):
+        # Ultralytics trains 0 or -5 as 16 and records 0 or -5
+        raise refuse("batch", "an integer >= 1, -1 for auto, or a fraction of GPU memory like 0.7")
+    if "imgsz" in body:
+        sizes = body["imgsz"] if isinstance(body["imgsz"], list) else [body["imgsz"]]
+        bad = not 1 <= len(sizes) <= 2 or any(not isinstance(v, int) or isinstance(v, bool) for v in sizes)
+        if bad or any(v < MAX_STRIDE or v % MAX_STRIDE for v in sizes):
+            # Ultralytics rounds up to a multiple of the model's stride (0 becomes 32) and trains that
+            raise refuse("imgsz", f"a positive multiple of {MAX_STRIDE} like 640, or [height, width] of such")
+    for key, form in (
+        ("workers", "an integer >= 0"),
+        ("close_mosaic", "an integer >= 0"),
+        ("warmup_epochs", "a number >= 0"),
+    ):
+        if number(body.get(key)) and body[key] < 0:
+            raise refuse(key, form)
+    if number(body.get("save_period")) and body["save_period"] != -1 and body["save_period"] < 1:
+        raise refuse("save_period", "-1 (off) or a number of epochs >= 1")
+    if number(body.get("time")) and body["time"] <= 0:
+        raise refuse("time", "null, or hours above 0 like 1.5")
+
+
 def _check_train(body: dict[str, Any], where: str) -> dict[str, Any]:
     defaults = ultralytics_defaults()
     for key, value in body.items():
@@ -462,6 +544,7 @@ def _check_train(body: dict[str, Any], where: str) -> dict[str, Any]:
             raise ParamsError(_wrong_type(where, f"train.{key}", value, form))
     if not str(body.get("model") or "").strip():
         raise ParamsError(f"{where}: train.model is required (valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]})")
+    _check_ranges(body, where)
     return dict(body)
 
 

@@ -43,3 +43,30 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return urlunsplit(parts._replace(netloc=host)), user, password
+
+
+# Values this process has seen with a password, by their redacted form: the CLI hands the
+# redacted form to Prefect (which stores flow parameters in its database) and the flow
+# asks for the real one back. Process memory only, never written anywhere.
+_HIDDEN: dict[str, str] = {}
+
+
+def hide(text: str) -> str:
+    """``text`` redacted, remembering the original for :func:`reveal` in this process."""
+    shown = redact(text)
+    if shown != text:
+        _HIDDEN[shown] = text
+    return shown
+
+
+def reveal(text: str) -> str:
+    """The original of a value :func:`hide` redacted in this process (else ``text`` as it is)."""
+    return _HIDDEN.get(text, text)
+
+
+def redact_log_handlers() -> None:
+    """Add a :class:`RedactingFilter` to every handler of the root and Prefect loggers (the API's too)."""
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra", "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())

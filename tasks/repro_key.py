@@ -117,10 +117,12 @@ def _text(value: object) -> str:
 
 def run_tags(params: Params, key: ReproKey, data_source: str, report: ValidationReport) -> dict[str, str]:
     """The tags a new MLflow run gets: the reproduction key plus what a person filters runs by."""
+    from tasks.redact import redact
+
     tags = {
         **key.tags(),
-        "trainyard.data_source": data_source,
-        "trainyard.overrides": " ".join(params.overrides),
+        "trainyard.data_source": redact(data_source),
+        "trainyard.overrides": redact(" ".join(params.overrides)),
         "trainyard.runner": params.runner.kind,
         "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
         "trainyard.data_warnings": str(len(report.warnings)),

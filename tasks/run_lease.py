@@ -143,3 +143,62 @@ class Heartbeat:
                 self.tracker.set_tags(self.run_id, {HEARTBEAT_TAG: f"{time.time():.0f}"})
             except TrackingError:
                 pass
+
+
+class RunDirLock:
+    """Exclusive ownership of a run directory for one training (a context manager).
+
+    Two trainings in one directory would interleave their results.csv and checkpoints (and one
+    would "resume" the other's last.pt). The lock is ``flock`` on ``.<name>.lock`` beside the
+    directory, so a killed owner (even ``kill -9``) releases it with its last file descriptor;
+    the file names the owner for the refusal message.
+    """
+
+    def __init__(self, run_dir: Path, run_id: str = "") -> None:
+        self.run_dir, self.run_id = run_dir, run_id
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunDirLock":
+        import fcntl
+        import json
+
+        from tasks.errors import RunnerError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                owner = {}
+            os.close(fd)
+            since = owner.get("since")
+            when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+            raise RunnerError(
+                f"run directory {self.run_dir} is in use by another training (pid {owner.get('pid', '?')} on "
+                f"{owner.get('host', '?')}, MLflow run {owner.get('run_id') or '?'}, since {when}); wait for it "
+                "to end or choose another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id, "since": time.time()}
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+        return self
+
+    def claim(self, run_id: str) -> None:
+        """Name the MLflow run once it is known (a fresh run's id comes after the directory is locked)."""
+        import json
+
+        if self._fd is not None:
+            self.run_id = run_id
+            record = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": time.time()}
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(record).encode(), 0)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock; the file stays (unlinking it would race a waiter)
+            self._fd = None

@@ -85,3 +85,50 @@ def polygon_box(points: Sequence[float]) -> tuple[float, float, float, float]:
     xs, ys = points[0::2], points[1::2]
     x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
     return (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+
+
+# cfg/__init__.py check_cfg: these train arguments must lie in [0.0, 1.0] (CFG_FRACTION_KEYS;
+# "fraction" also takes counts and split lists, so it is checked on its own)...
+FRACTION_KEYS: frozenset[str] = frozenset(
+    {
+        "dropout",
+        "lr0",
+        "lrf",
+        "cls_pw",
+        "momentum",
+        "weight_decay",
+        "warmup_momentum",
+        "warmup_bias_lr",
+        "hsv_h",
+        "hsv_s",
+        "hsv_v",
+        "translate",
+        "perspective",
+        "flipud",
+        "fliplr",
+        "bgr",
+        "mosaic",
+        "mixup",
+        "cutmix",
+        "copy_paste",
+        "erasing",
+        "conf",
+        "iou",
+        "fraction",
+        "multi_scale",
+        "dlam",
+    }
+)
+# ... and these integers have a minimum (CFG_INT_MIN).
+INT_MIN: dict[str, int] = {
+    "epochs": 1,
+    "patience": 0,
+    "nbs": 1,
+    "max_det": 1,
+    "mask_ratio": 1,
+    "vid_stride": 1,
+    "seed": 0,
+}
+# utils/checks.py check_imgsz: an image size is rounded up to a multiple of the model's largest
+# stride (32 for every YOLO11 detection model), with 0 becoming 32: what trains is not what was asked.
+MAX_STRIDE = 32

@@ -107,7 +107,15 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:///"):
+                # MLflow creates and migrates a SQLite store on first use, unguarded: three first runs at
+                # once raced its migrations ("table _alembic_tmp_endpoints already exists"). One at a time.
+                with _file_lock(Path(self.uri.removeprefix("sqlite:///") + ".lock")):
+                    client = self._call(lambda: MlflowClient(tracking_uri=self.uri))
+                    self._call(lambda: client.search_experiments(max_results=1))
+            else:
+                client = MlflowClient(tracking_uri=self.uri)
+            self._client = client
         return self._client
 
     # ------------------------------------------------------------------ health
@@ -393,6 +401,19 @@ class EpochLogger:
                 )
                 self._down_since = None
             delay = 1.0
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -685,3 +685,63 @@ def test_params_yaml_states_the_defaults_the_code_holds() -> None:
     shipped = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     for name, cls in SECTION_TYPES.items():
         assert getattr(shipped, name) == cls(), f"params.yaml's {name} section differs from {cls.__name__}'s defaults"
+
+
+# --------------------------------------------------------------------------- ranges and limits
+
+
+@pytest.mark.parametrize(
+    ("override", "form"),
+    [
+        ("train.epochs=-1", "an integer >= 1"),
+        ("train.epochs=0", "an integer >= 1"),
+        ("train.lr0=-1", "0.0 to 1.0"),
+        ("train.lr0=0", "above 0"),
+        ("train.momentum=1.5", "0.0 to 1.0"),
+        ("train.imgsz=0", "multiple of 32"),
+        ("train.imgsz=100", "multiple of 32"),
+        ("train.imgsz=[64, 0]", "multiple of 32"),
+        ("train.batch=0", "-1 for auto"),
+        ("train.batch=-5", "-1 for auto"),
+        ("train.batch=1.5", "-1 for auto"),
+        ("train.workers=-1", ">= 0"),
+        ("train.patience=-3", ">= 0"),
+        ("train.save_period=0", "-1 (off)"),
+        ("train.fraction=0", "above 0"),
+        ("train.time=0", "hours above 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_any_run(tmp_path: Path, override: str, form: str) -> None:
+    message = load_error(write(tmp_path, TYPICAL), (override,))
+    key = override.split("=", 1)[0]
+    assert key in message and form in message and f"--set {override}" in message
+
+
+@pytest.mark.parametrize("override", ["train.batch=-1", "train.batch=0.7", "train.imgsz=[96, 64]", "train.lr0=1.0"])
+def test_the_edges_ultralytics_accepts_stay_accepted(tmp_path: Path, override: str) -> None:
+    load_params(write(tmp_path, TYPICAL), (override,))
+
+
+def test_an_alias_bomb_is_refused_in_a_blink(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = TYPICAL.replace("train:\n", "train:\n  classes: *a8\n", 1)
+    path = write(tmp_path, "\n".join(lines) + "\n" + bomb)
+    assert path.stat().st_size < 6000
+    started = time.monotonic()
+    message = load_error(path)
+    assert time.monotonic() - started < 5
+    assert "more than 100000 values" in message and "aliases" in message
+
+
+def test_an_over_long_value_and_odd_bytes_get_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, TYPICAL)
+    message = load_error(path, ("data.source=" + "d" * 100_000,))
+    assert "characters" in message and len(message) < 300
+    message = load_error(path, ("data.source=caf\udce9",))  # how Python passes a non-UTF-8 argv byte
+    assert "not UTF-8" in message and "\\udce9" in message
+    long_source = TYPICAL.replace("source: data/demo", "source: " + "d" * 5000)
+    assert "data.source is 5000 characters" in load_error(write(tmp_path, long_source))

@@ -95,3 +95,21 @@ def test_the_error_tag_of_an_interrupted_run_says_how_to_go_on(tmp_path: Path) -
     (tmp_path / "weights" / "last.pt").unlink()
     assert "trains it again from epoch 1" in failure_text(Interrupted(15), tmp_path)
     assert failure_text(RuntimeError("bad http://u:pw@h/x"), tmp_path) == "bad http://u:***@h/x"
+
+
+def test_a_run_dir_is_owned_by_one_training_and_the_refusal_names_the_owner(tmp_path: Path) -> None:
+    import pytest
+
+    from tasks.errors import RunnerError
+    from tasks.run_lease import RunDirLock
+
+    run_dir = tmp_path / "runs" / "dvc"
+    with RunDirLock(run_dir) as first:
+        first.claim("abc123")
+        with pytest.raises(RunnerError) as info:
+            with RunDirLock(run_dir):
+                pass
+        message = str(info.value)
+        assert str(run_dir) in message and f"pid {os.getpid()}" in message and "abc123" in message
+    with RunDirLock(run_dir):  # released on exit (and by the kernel when its owner dies)
+        pass

@@ -595,3 +595,18 @@ def test_bytes_after_eoi_are_rewritten_by_ultralytics(tmp_path: Path) -> None:
     accepted, msg = _ultralytics_accepts_image(copy)
     assert accepted and "corrupt JPEG restored" in msg
     assert Path(copy).read_bytes().endswith(b"\xff\xd9")
+
+
+def test_range_rules_match_check_cfg() -> None:
+    from ultralytics.cfg import CFG_FRACTION_KEYS, CFG_INT_MIN
+
+    from tasks.ultralytics_rules import FRACTION_KEYS, INT_MIN
+
+    assert FRACTION_KEYS == CFG_FRACTION_KEYS
+    assert INT_MIN == CFG_INT_MIN
+
+
+def test_max_stride_is_yolo11s() -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    assert int(DetectionModel("yolo11n.yaml", nc=3, verbose=False).stride.max()) == rules.MAX_STRIDE

@@ -115,3 +115,27 @@ def test_an_unknown_run_is_not_worth_a_retry_and_a_dead_server_is(tmp_path: Path
     with pytest.raises(TrackingError) as down:
         Tracker(f"http://127.0.0.1:{free_port()}").get_run("deadbeef")
     assert down.value.transient
+
+
+@pytest.mark.slow
+def test_three_first_runs_on_a_fresh_store_do_not_race_its_migrations(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys; from tasks.adapters.mlflow_tracking import Tracker; "
+        "print(Tracker(sys.argv[1]).start_run('e' + sys.argv[2], 'r', tags={}, params={}))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, store, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(3)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-2000:] for _, err in results]
+    tables = [row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master")]
+    assert not [t for t in tables if t.startswith("_alembic_tmp")]
+    assert (
+        len(Tracker(store).search_runs("e0") + Tracker(store).search_runs("e1") + Tracker(store).search_runs("e2")) == 3
+    )
