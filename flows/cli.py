@@ -228,13 +228,18 @@ def _flow_session(params_path: str, command: str) -> None:
     _prefect_defaults()
     from prefect.logging.configuration import ensure_logging_setup
 
-    from flows.terminal import quiet_terminal, start_log_file
+    from flows.terminal import quiet_terminal, reap_orphaned_prefect_servers, start_log_file
 
     # Prefect's handlers first: it leaves the root logger alone when it finds one already there
     ensure_logging_setup()
 
     _log_file = start_log_file(Path(params_path).resolve().parent, command)
     quiet_terminal()
+    for pid in reap_orphaned_prefect_servers():
+        print(
+            f"note: stopped Prefect's temporary server (pid {pid}) that a killed trainyard left running",
+            file=sys.stderr,
+        )
 
 
 def _prefect_defaults() -> None:

@@ -124,3 +124,39 @@ class InterruptGuard:
                 code = self.report(exc)
                 sys.stdout.flush()
                 os._exit(code)
+
+
+def reap_orphaned_prefect_servers() -> list[int]:
+    """Stop Prefect temporary API servers whose trainyard process was killed; return their pids.
+
+    Prefect starts its temporary server as a plain child process; a ``kill -9`` of trainyard
+    (not of its whole process group) leaves it listening forever, reparented to init. Such a
+    server is recognised by its command line, Prefect's ephemeral-server marker in its
+    environment, its owner (this user) and its parent (init). Linux only; elsewhere a no-op.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir() or os.getpid() == 1:  # as PID 1 (a container), every child has parent 1
+        return []
+    stopped = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"prefect.server.api.server:create_app" not in cmdline or b"uvicorn" not in cmdline:
+                continue
+            if b"PREFECT__SERVER_EPHEMERAL=1" not in (entry / "environ").read_bytes():
+                continue
+            status = (entry / "status").read_text()
+            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        except (OSError, StopIteration, ValueError):
+            continue
+        if ppid == 1:
+            try:
+                os.kill(int(entry.name), signal.SIGTERM)
+                stopped.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return stopped

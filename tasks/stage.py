@@ -134,14 +134,24 @@ def stage_dataset(
     """Stage ``spec`` into ``cache`` (or return the verified copy already there)."""
     started = time.monotonic()
     cache.ensure_root()
-    if spec.kind == "s3":
-        staged = _stage_s3(spec, cache, verify, workers, progress)
-    elif spec.kind == "dvc":
-        staged = _stage_dvc_rev(spec, cache, verify)
-    else:
-        staged = _stage_local(spec, cache, verify, progress)
+    cache.gc_partials()  # work dirs of older source versions, damaged copies set aside long ago
+    reported = len(cache.reports)
+    try:
+        if spec.kind == "s3":
+            staged = _stage_s3(spec, cache, verify, workers, progress)
+        elif spec.kind == "dvc":
+            staged = _stage_dvc_rev(spec, cache, verify)
+        else:
+            staged = _stage_local(spec, cache, verify, progress)
+    finally:
+        cache.release_partials()
     cache.evict(keep=staged.key)
-    return replace(staged, seconds=round(time.monotonic() - started, 3), yaml=staged.yaml or spec.yaml)
+    return replace(
+        staged,
+        seconds=round(time.monotonic() - started, 3),
+        yaml=staged.yaml or spec.yaml,
+        notes=tuple(cache.reports[reported:]) + staged.notes,
+    )
 
 
 def stage_local(source: Path | str, root: Path | str | None = None) -> StagedDataset:
@@ -365,8 +375,9 @@ def _stage_s3(
         total = sum(o.size for o in objects)
         cache.admit(total, spec.display, keep=key)
         work = cache.partial_dir(key or f"fp-{fingerprint[:32]}")
-        # Resume: a file is only ever renamed into the work dir after its size (and md5, when
-        # S3 knows it) checked out, so a present file of the right size is already verified.
+        # Resume: a file is only ever renamed into the work dir after its size and the store's
+        # checksum (MD5, additional checksum or multipart ETag) checked out, so a present file
+        # of the right size is already verified.
         todo = [o for o in objects if not size_is(work / o.relpath, o.size)]
         md5s = client.download_many(todo, work, on_progress=progress)
         trusted = set(md5s)
@@ -496,6 +507,7 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
         return StagedDataset(
             version.path, md5, f"stage cache ({md5})", version.files, version.bytes, True, yaml=spec.yaml
         )
+    damaged = tuple(cache.reports)
     looked = [f"the stage cache {cache.root} (absent)"]
     candidates = []
     if spec.kind == "local" and commit and commit != "none":
@@ -509,6 +521,6 @@ def stage_exact(params: "Params", md5: str, commit: str | None = None) -> Staged
             looked.append(f"{candidate.display} ({exc})")
             continue
         if staged.md5 == md5:
-            return staged
+            return replace(staged, notes=damaged + staged.notes)
         looked.append(f"{candidate.display} (now holds {staged.md5})")
     raise DataSourceError(f"data version {md5} was not found; looked in: " + "; ".join(looked))

@@ -101,6 +101,8 @@ class Tracker:
         self._client: MlflowClient | None = None
         for name, value in BOUNDED_HTTP.items():  # MLflow reads them per request
             os.environ.setdefault(name, value)
+        # MLflow prints "View run … at: <tracking URI>" on end_run, password and all; trainyard prints its own link
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     @property
     def client(self) -> "MlflowClient":

@@ -29,8 +29,14 @@ Design notes
   skips botocore's per-request machinery; ``get_object`` remains the fallback (and is
   used for buckets that answer with a cross-region redirect). Signed URLs carry
   credentials, so they are never logged by this module or put into messages.
-* **Integrity**: every download is hashed while it streams; size and (when the ETag
-  is a plain MD5) the MD5 are checked before the file is renamed into place. The GET
+* **Integrity**: every download is hashed while it streams and checked against the
+  store's own checksum before the file is renamed into place -- never by size alone:
+  the MD5 when the ETag is a plain MD5 (single-part, not SSE-KMS/SSE-C); else an S3
+  additional checksum (``HEAD`` with ``ChecksumMode=ENABLED``: SHA256, SHA1, CRC32, and
+  CRC32C/CRC64NVME where botocore has awscrt; full-object or composite); else the
+  multipart ETag ``md5(md5(part 1) .. md5(part N))-N``, recomputed from the file with
+  the part size from ``HEAD ?partNumber=1``. An object none of these can vouch for is
+  refused with a :class:`~tasks.errors.DataSourceError` (see docs/staging.md). The GET
   carries ``If-Match: <listed ETag>`` so an object overwritten between listing and
   download fails loudly instead of silently mixing two dataset versions.
 * **Retries**, two layers, both bounded:
@@ -60,6 +66,7 @@ import random
 import re
 import tempfile
 import threading
+import zlib
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +95,9 @@ _CREDENTIALS_HINT = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, o
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _MD5_RE = re.compile(r"[0-9a-f]{32}")
+_MULTIPART_ETAG_RE = re.compile(r"([0-9a-f]{32})-(\d{1,5})")
+# S3 additional checksums, in order of preference (HEAD response field suffixes).
+_CHECKSUM_ALGOS = ("SHA256", "SHA1", "CRC64NVME", "CRC32C", "CRC32")
 # Error codes that mean "try again later" even when the HTTP status is not 5xx.
 _TRANSIENT_CODES = frozenset(
     {
@@ -512,6 +522,8 @@ class S3Client:
                 raise ChecksumError(
                     f"{obj.url}: md5 mismatch: expected {expected_md5}, got {md5} (a corrupted transfer)"
                 )
+            if expected_md5 is None:
+                self.verify_file(obj, Path(tmp_name), encrypted)
             os.replace(tmp_name, dest)
         except BaseException:
             try:
@@ -520,6 +532,82 @@ class S3Client:
                 pass
             raise
         return md5
+
+    def verify_file(self, obj: RemoteObject, path: Path, encrypted: bool = False) -> str:
+        """Check ``path`` (``obj``'s downloaded bytes) against a checksum the store keeps; return which.
+
+        For objects whose ETag is not their MD5. Raises :class:`ChecksumError` when the bytes
+        differ, :class:`~tasks.errors.DataSourceError` when no checksum can be established
+        (an encrypted object without additional checksums, or a non-MD5 ETag of unknown form).
+        """
+        head = self._head(obj, ChecksumMode="ENABLED")
+        multipart = _MULTIPART_ETAG_RE.fullmatch(obj.etag.lower())
+        parts = int(multipart.group(2)) if multipart else 1
+        for algo in _CHECKSUM_ALGOS:
+            value = str(head.get(f"Checksum{algo}") or "")
+            factory = _checksum_factory(algo)
+            if not value or factory is None:
+                continue
+            expected, _dash, count = value.partition("-")
+            kind = str(head.get("ChecksumType") or "")
+            tried = []
+            if not count and kind != "COMPOSITE":
+                tried.append(_b64_checksum(path, [obj.size], factory, composite=False))
+                if expected in tried:
+                    return algo.lower()
+            if parts > 1 and kind != "FULL_OBJECT":
+                sizes = self._part_sizes(obj, int(count or parts))
+                tried.append(_b64_checksum(path, sizes, factory, composite=True))
+                if expected in tried:
+                    return f"{algo.lower()} (composite)"
+            raise ChecksumError(
+                f"{obj.url}: {algo} mismatch: the store says {value}, the downloaded bytes give "
+                f"{' or '.join(tried)} (a corrupted transfer)"
+            )
+        if multipart and not encrypted:
+            sizes = self._part_sizes(obj, parts)
+            got = _multipart_etag(path, sizes)
+            if got != obj.etag.lower() and 2 < parts <= 1000:
+                sizes = self._part_sizes(obj, parts, exact=True)  # uploaded with unequal parts?
+                got = _multipart_etag(path, sizes)
+            if got != obj.etag.lower():
+                raise ChecksumError(
+                    f"{obj.url}: multipart ETag mismatch: expected {obj.etag}, the downloaded bytes "
+                    f"give {got} ({parts} parts of {sizes[0]} bytes) (a corrupted transfer)"
+                )
+            return "multipart etag"
+        why = "it is encrypted with SSE-KMS/SSE-C, so its ETag is not an MD5" if encrypted else "its ETag is not an MD5"
+        raise DataSourceError(
+            f"{obj.url} cannot be verified: {why}, and the store keeps no additional checksum for it "
+            "(HEAD with ChecksumMode=ENABLED returned none trainyard can compute). Refusing to stage "
+            "unverifiable bytes; re-upload it with a checksum, e.g. `aws s3 cp --checksum-algorithm SHA256` "
+            "(or copy it onto itself with one) -- see docs/staging.md"
+        )
+
+    def _head(self, obj: RemoteObject, **extra: Any) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = self._client.head_object(Bucket=obj.bucket, Key=obj.key, **extra)
+        except (self._exc.ClientError, self._exc.BotoCoreError) as exc:
+            if self._transient(exc):
+                raise
+            raise self._error(exc, obj.url, "downloading") from None
+        return response
+
+    def _part_sizes(self, obj: RemoteObject, parts: int, exact: bool = False) -> list[int]:
+        """Sizes of the ``parts`` parts of a multipart object (HEAD ``?partNumber=``).
+
+        Uploaders (boto3, aws cli, mc, rclone) use equal parts but the last, so one HEAD of
+        part 1 usually settles it; ``exact`` asks for every part. No If-Match here: some
+        servers compare it with the part's ETag. A changed object cannot pass anyway, since
+        the result is checked against the listed ETag/checksum.
+        """
+        if exact:
+            return [int(self._head(obj, PartNumber=n)["ContentLength"]) for n in range(1, parts + 1)]
+        first = int(self._head(obj, PartNumber=1)["ContentLength"])
+        last = obj.size - first * (parts - 1)
+        if first <= 0 or not 0 < last <= first:
+            raise ChecksumError(f"{obj.url}: {parts} parts of {first} bytes cannot make {obj.size} bytes")
+        return [first] * (parts - 1) + [last]
 
     def _fetch(self, obj: RemoteObject, stop: threading.Event) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
         """Start the GET of ``obj``: (headers by botocore name, iterable of chunks, close).
@@ -805,6 +893,66 @@ _THROTTLE_CODES = frozenset(
 )
 _SIGNED_QUERY_RE = re.compile(r"\?[^\s\"'<>]*(?:Signature|X-Amz-|AWSAccessKeyId)[^\s\"'<>]*")
 _XML_FIELDS = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in ("Code", "Message")}
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._crc = zlib.crc32(chunk, self._crc)
+
+    def digest(self) -> bytes:
+        return (self._crc & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def _checksum_factory(algo: str) -> Callable[[], Any] | None:
+    """A constructor of ``update()/digest()`` objects for an S3 checksum algorithm, or None."""
+    if algo == "SHA256":
+        return hashlib.sha256
+    if algo == "SHA1":
+        return hashlib.sha1
+    if algo == "CRC32":
+        return _Crc32
+    import botocore.httpchecksum
+
+    cls: Any = getattr(botocore.httpchecksum, "_CHECKSUM_CLS", {}).get(algo.lower())  # CRC32C/CRC64NVME need awscrt
+    return cls if callable(cls) else None
+
+
+def _read_parts(path: Path, sizes: list[int], factory: Callable[[], Any]) -> list[Any]:
+    """One ``factory()`` hasher fed with each consecutive part of ``path``."""
+    out = []
+    with open(path, "rb") as fh:
+        for size in sizes:
+            hasher = factory()
+            left = size
+            while left > 0:
+                chunk = fh.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                left -= len(chunk)
+            out.append(hasher)
+    return out
+
+
+def _b64_checksum(path: Path, sizes: list[int], factory: Callable[[], Any], composite: bool) -> str:
+    """Base64 checksum of ``path``: of the whole file, or (``composite``) of its parts' raw checksums."""
+    if not composite:
+        return base64.b64encode(_read_parts(path, sizes, factory)[0].digest()).decode()
+    outer = factory()
+    for part in _read_parts(path, sizes, factory):
+        outer.update(part.digest())
+    return base64.b64encode(outer.digest()).decode()
+
+
+def _multipart_etag(path: Path, sizes: list[int]) -> str:
+    """``md5(md5(part 1) + .. + md5(part N))-N`` of ``path`` cut into ``sizes``."""
+    outer = hashlib.md5()  # noqa: S324 - S3's ETag algorithm, not security
+    for part in _read_parts(path, sizes, hashlib.md5):
+        outer.update(part.digest())
+    return f"{outer.hexdigest()}-{len(sizes)}"
 
 
 def _throttling(exc: BaseException) -> bool:

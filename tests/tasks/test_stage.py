@@ -48,10 +48,19 @@ def test_warm_path_neither_rehashes_nor_copies(
     def no_hashing(*a: object, **k: object) -> str:
         raise AssertionError("the warm path must not hash files")
 
+    sampled: list[str] = []
+    real_verify = cache_mod.verify_files
+
+    def sample_only(root: Path, manifest: list, **k: object) -> list[str]:
+        assert len(manifest) <= cache_mod.REUSE_SAMPLE_FILES, "the warm path re-hashes only a small sample"
+        sampled.extend(rel for rel, _s, _m in manifest)
+        return real_verify(root, manifest, **k)  # type: ignore[arg-type]
+
     monkeypatch.setattr(stage_mod, "file_md5", no_hashing)
-    monkeypatch.setattr(cache_mod, "verify_files", no_hashing)
+    monkeypatch.setattr(cache_mod, "verify_files", sample_only)
     again = stage_local(tiny_dataset, tmp_path / "cache")
     assert again.reused and again.path == first.path and again.md5 == first.md5
+    assert len(sampled) == cache_mod.REUSE_SAMPLE_FILES
 
 
 def test_a_changed_file_is_a_new_version_and_the_old_one_stays(tmp_path: Path, tiny_dataset: Path) -> None:
@@ -143,10 +152,15 @@ def test_not_enough_space_is_refused_before_copying(
     tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = cache_mod.shutil.disk_usage
-    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=10 << 20))
+    size = sum(p.stat().st_size for p in tiny_dataset.rglob("*") if p.is_file())
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=size + (512 << 10)))
     with pytest.raises(DataSourceError, match="not enough space on stage.root"):
         stage_local(tiny_dataset, tmp_path / "cache")
     assert list((tmp_path / "cache" / ".partial").iterdir()) == []
+    # The margin scales with the dataset (5 %, at least 1 MiB), not a fixed 256 MiB.
+    assert cache_mod.space_margin(size) == 1 << 20 and cache_mod.space_margin(100 << 30) == 5 << 30
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=size + (2 << 20)))
+    assert stage_local(tiny_dataset, tmp_path / "cache").md5 == dvc_dir_md5(tiny_dataset)
 
 
 def test_links_out_of_the_source_and_unsafe_paths_are_refused(tmp_path: Path, tiny_dataset: Path) -> None:

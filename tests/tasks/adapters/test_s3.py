@@ -326,3 +326,42 @@ def test_upload_dir_round_trip(s3_env: str, tmp_path: Path) -> None:
     assert dir_manifest(tmp_path / "dst") == expected
     assert got == {rel: file_md5 for rel, _size, file_md5 in expected}
     assert {o.relpath: o.md5 for o in objs} == got  # listed ETags are the content MD5s
+
+
+def test_multipart_objects_are_verified_by_composite_checksum_or_part_etags(s3_env: str, tmp_path: Path) -> None:
+    import boto3
+    import botocore.config
+
+    part = 5 << 20
+    unequal = [os.urandom(part + 7), os.urandom(part), os.urandom(10)]  # not the usual equal parts
+    bucket = unique_bucket("mp")
+    make_bucket(s3_env, bucket, {})
+    put_multipart(s3_env, bucket, "unequal.bin", unequal)
+    raw = boto3.client(
+        "s3", endpoint_url=s3_env, config=botocore.config.Config(request_checksum_calculation="when_required")
+    )
+    up = raw.create_multipart_upload(Bucket=bucket, Key="sha.bin", ChecksumAlgorithm="SHA256")
+    done = []
+    for n, data in enumerate(unequal[:2], start=1):
+        r = raw.upload_part(
+            Bucket=bucket, Key="sha.bin", UploadId=up["UploadId"], PartNumber=n, Body=data, ChecksumAlgorithm="SHA256"
+        )
+        done.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]})
+    raw.complete_multipart_upload(
+        Bucket=bucket, Key="sha.bin", UploadId=up["UploadId"], MultipartUpload={"Parts": done}
+    )
+    client = S3Client(endpoint_url=s3_env)
+    objs = {o.relpath: o for o in client.list_objects(S3Location(bucket, ""))}
+    assert objs["unequal.bin"].md5 is None and objs["unequal.bin"].etag.endswith("-3")
+    for name, how in (("unequal.bin", "multipart etag"), ("sha.bin", "sha256 (composite)")):
+        dest = tmp_path / name
+        client.download(objs[name], dest)
+        assert client.verify_file(objs[name], dest) == how
+        dest.chmod(0o644)
+        with open(dest, "r+b") as fh:  # the same bytes but one: caught, whatever the method
+            fh.seek(part + 3)
+            byte = fh.read(1)
+            fh.seek(part + 3)
+            fh.write(bytes([byte[0] ^ 1]))
+        with pytest.raises(ChecksumError, match="mismatch"):
+            client.verify_file(objs[name], dest)
