@@ -62,7 +62,7 @@ def reproduce_flow(
         )
     stage_root = local.resolve_path(local.stage.root) if local.stage.root else default_stage_root()
     sets = [f"tracking.uri={uri}", f"stage.root={stage_root}"]
-    tags = {"trainyard.reproduces": run_id}
+    tags = {"trainyard.reproduces": run_id, "trainyard.reproduces_name": record.run.name}
     if record.key.env_kind == "docker":
         image, drift = image_task(
             record.run.tags.get("trainyard.image", record.key.env_digest),

@@ -22,7 +22,8 @@ from tasks.doctor import ensure_ready, format_table
 from tasks.errors import TrainingError, TrainyardError
 from tasks.params import Params, load_params, params_hash
 from tasks.redact import redact, redact_log_handlers, reveal
-from tasks.repro_key import ReproKey, run_name, run_tags, same_inputs_filter, trainyard_version
+from tasks.repro_key import ReproKey, run_tags, same_inputs_filter, trainyard_version
+from tasks.run_naming import NOTE_TAG, dataset_profile, description, readable_name
 from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
 from tasks.run_lease import Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
@@ -103,17 +104,33 @@ def start_run_task(
     report: ValidationReport,
     staged: StagedDataset,
     extra_tags: dict[str, str],
+    stop_after: int | None = None,
 ) -> tuple[str, str]:
     tracker = Tracker(tracking_uri)  # reachability was checked by the preflight
-    name = params.tracking.run_name or run_name(str(params.train["model"]), key.data_hash, key.params_hash)
+    name = params.tracking.run_name or readable_name(params, extra_tags, stop_after)
+    note = {NOTE_TAG: description(params, key, staged.source)}
     run_id = tracker.start_run(
         params.tracking.experiment,
         name,
-        tags={**run_tags(params, key, staged.source, report), **extra_tags},
+        tags={**run_tags(params, key, staged.source, report), **note, **extra_tags},
         params=params.flat(),
         artifact_location=default_artifact_root(tracking_uri, params.base_dir),
     )
     return run_id, name
+
+
+@task(name="log-dataset-input", cache_policy=NO_CACHE)
+def log_dataset_task(tracking_uri: str, run_id: str, staged: StagedDataset, report: ValidationReport) -> None:
+    """The data version as the run's MLflow dataset input (Datasets column and filter); a failure only warns."""
+    from tasks.errors import TrackingError
+
+    name = Path(staged.source.rstrip("/")).name or staged.source
+    try:
+        Tracker(tracking_uri).log_dataset(
+            run_id, name, staged.md5, staged.source, dataset_profile(report.splits, report.names)
+        )
+    except TrackingError as exc:
+        get_run_logger().warning("could not record the dataset input of run %s: %s", run_id, exc)
 
 
 RESUMED_TAG = "trainyard.resumed_after"  # the epochs after which a killed training was resumed, "3,7"
@@ -272,7 +289,8 @@ def train_flow(
             if fixed_dir:
                 prepare_run_dir(fixed_dir, logger.warning)  # refuse before opening a run
             tags = {**_prefect_tags(), **(extra_tags or {})}
-            run_id, name = start_run_task(params, key, tracking_uri, report, staged, tags)
+            run_id, name = start_run_task(params, key, tracking_uri, report, staged, tags, stop_after)
+            log_dataset_task(tracking_uri, run_id, staged, report)
             out = fixed_dir or params.base_dir / "runs" / run_id
             lock = lock or held.enter_context(RunDirLock(out, run_id))
             if not fixed_dir:
@@ -295,6 +313,10 @@ def train_flow(
         metrics = finish_run_task(
             tracker, run_id, out, stop_after is None, params.base_dir, params.tracking.wait, logger.warning
         )
+        outcome_text = (
+            f"trained {metrics.get('epochs', '?')} epochs: mAP50-95 {metrics.get('mAP50-95', float('nan')):.4f}"
+        )
+        tracker.set_tags(run_id, {NOTE_TAG: description(params, key, staged.source, outcome_text)})
     url = tracker.run_url(tracker.get_run(run_id))
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))

@@ -171,7 +171,7 @@ class TrackingParams:
 
     uri: str | None = _key(None, "an MLflow tracking URI like http://mlflow:5000, or null for the local store")
     experiment: str = _key("trainyard", "an MLflow experiment name", _non_empty)
-    run_name: str | None = _key(None, "a run name, or null for model-data-params")
+    run_name: str | None = _key(None, "a run name, or null for model, epochs and the --set train values")
     wait: int | float = _key(
         60, "seconds to wait for an unreachable tracking server when a training ends, like 60", _not_negative
     )

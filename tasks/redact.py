@@ -66,7 +66,16 @@ def reveal(text: str) -> str:
 
 def redact_log_handlers() -> None:
     """Add a :class:`RedactingFilter` to every handler of the root and Prefect loggers (the API's too)."""
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra", "uvicorn", "fastapi"):
+    for name in (
+        "",
+        "prefect",
+        "prefect.flow_runs",
+        "prefect.task_runs",
+        "prefect.extra",
+        "uvicorn",
+        "fastapi",
+        "mlflow",
+    ):
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(RedactingFilter())

@@ -11,7 +11,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.errors import TrackingError
@@ -95,11 +94,6 @@ def same_inputs_filter(key: ReproKey) -> str:
     clauses = [f"tags.`{TAG_PREFIX}{name}` = '{values[name]}'" for name in UNCHANGED_IF_SAME]
     clauses += [f"tags.`{COMPLETE_TAG}` = 'true'", "attributes.status = 'FINISHED'"]
     return " and ".join(clauses)
-
-
-def run_name(model: str, data_hash: str, params_hash: str) -> str:
-    """Readable in the MLflow compare view: model, data version, params version."""
-    return f"{Path(model).stem}-d{data_hash[:7]}-p{params_hash[:7]}"
 
 
 def trainyard_version() -> str:

@@ -214,6 +214,30 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(lambda: self.client.set_terminated(run_id, status))
 
+    def log_dataset(
+        self, run_id: str, name: str, digest: str, source: str, profile: Mapping[str, Any], context: str = "training"
+    ) -> None:
+        """The dataset as an MLflow input (the runs table's Dataset column): ``digest`` is the data hash."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = "s3" if source.startswith("s3://") else "local"
+        dataset = Dataset(
+            name=name,
+            digest=digest[:36],  # MLflow's limit; the DVC md5 "<32 hex>.dir" is 36
+            source_type=source_type,
+            source=json.dumps({"uri": redact(source)}),
+            profile=json.dumps(dict(profile)),
+        )
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self._call(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=[tag])]))
+
+    def datasets(self, run_id: str) -> list[tuple[str, str]]:
+        """(name, digest) of every dataset input of the run."""
+        run = self._call(lambda: self.client.get_run(run_id))
+        return [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs]
+
     def record_failure(self, run_id: str, text: str, status: str, warn: Callable[[str], None]) -> None:
         """End ``run_id`` as ``status`` (KILLED, FAILED) with ``text`` in ``trainyard.error``; ``warn`` hears
         when the tracking store itself cannot be reached to say so (the next `trainyard sync` will)."""
@@ -403,6 +427,38 @@ class EpochLogger:
                 )
                 self._down_since = None
             delay = 1.0
+
+
+def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+    """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk, network; GPU
+    through NVML where there is one) for the run, while the training lasts; the UI's System metrics
+    tab shows them. Never fails a training: without them it just goes on."""
+
+    @contextlib.contextmanager
+    def monitored() -> Iterator[None]:
+        monitor = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            from tasks.redact import redact_log_handlers
+
+            redact_log_handlers()  # mlflow's logger is configured now; its warnings may name the URI
+
+            interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 5)
+            monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
+                run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri
+            )
+            monitor.start()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # psutil missing, a store that refuses: no system metrics, same training
+            say(f"no system metrics for this run ({_short(exc)})")
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                with contextlib.suppress(Exception):
+                    monitor.finish()  # type: ignore[no-untyped-call]
+
+    return monitored()
 
 
 @contextlib.contextmanager

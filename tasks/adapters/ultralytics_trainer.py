@@ -139,7 +139,7 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     _amp_check_never_downloads()
     from ultralytics import YOLO
 
-    with _environ(JOB_ENV, str(job_path)):
+    with _environ(JOB_ENV, str(job_path)), _system_metrics():
         YOLO(model_ref).train(trainer=trainer_class(), **kwargs)
     outcome = TrainOutcome.read(run_dir)
     if outcome is None:
@@ -267,6 +267,16 @@ def _mlflow_sink() -> "EpochLogger | None":
     from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
 
     return EpochLogger(Tracker(uri), run_id, lambda text: print(f"trainyard: {text}", file=sys.stderr, flush=True))
+
+
+def _system_metrics() -> contextlib.AbstractContextManager[None]:
+    """MLflow's system metrics for the run named by the environment, from the process that trains."""
+    from tasks.adapters.mlflow_tracking import RUN_ID_ENV, TRACKING_URI_ENV, system_metrics
+
+    run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
+    if not (run_id and uri):
+        return contextlib.nullcontext()
+    return system_metrics(run_id, uri, lambda text: print(f"trainyard: {text}", file=sys.stderr, flush=True))
 
 
 def _is_main_rank() -> bool:

@@ -45,6 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, prefec
     mp.setenv("YOLO_CONFIG_DIR", str(work / "ultralytics"))
     mp.delenv("PYTEST_CURRENT_TEST", raising=False)
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # samples within a seconds-long training
     data = copy_dataset(tiny_dataset, work / "data")
     before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
     params = write_params(
@@ -108,8 +109,6 @@ def test_reproduction_key_tags_are_correct(trained: dict) -> None:
     assert tags["trainyard.env_digest"].startswith("sha256:") and len(tags["trainyard.env_digest"]) == 71
     assert tags["trainyard.seed"] == "0"
     assert tags["trainyard.overrides"] == "train.epochs=2"
-    name = tracker.get_run(trained["result"].run_id).name
-    assert name.startswith("yolo11n-d") and tags["trainyard.data_hash"][:7] in name
 
 
 def test_run_dir_metrics_json_and_source_untouched(trained: dict) -> None:
@@ -162,3 +161,16 @@ def test_tracking_server_down_is_one_clear_error(
     assert dead in str(info.value) and "not reachable" in str(info.value) and "mlflow" in str(info.value)
     assert time.monotonic() - started < 120  # not MLflow's minutes of silent retries
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_runs_table_can_tell_runs_apart(trained: dict) -> None:
+    """Name, description, dataset input and system metrics: what the MLflow UI's runs table and run page show."""
+    tracker: Tracker = trained["tracker"]
+    result = trained["result"]
+    run = tracker.get_run(result.run_id)
+    assert run.name == "yolo11n ep2"  # model + what the --set changed; the hashes stay in tags
+    note = run.tags["mlflow.note.content"]
+    assert run.tags["trainyard.data_hash"] in note and note.startswith("**trained 2 epochs: mAP50-95")
+    assert tracker.datasets(result.run_id) == [("data", run.tags["trainyard.data_hash"])]
+    system = [k for k in run.metrics if k.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.adapters.torch_environment import describe_interpreter, digest_of
 from tasks.errors import TrackingError
-from tasks.repro_key import REQUIRED_TAGS, ReproKey, run_name
+from tasks.repro_key import REQUIRED_TAGS, ReproKey
 
 KEY = ReproKey(
     data_hash="6db155e7e2f52157656752f66ca38d5f.dir",
@@ -66,10 +66,6 @@ def test_a_run_without_a_key_is_a_clear_error() -> None:
         ReproKey.from_tags(tags, run_id="abc123")
     assert "abc123" in str(info.value) and "trainyard.data_hash" in str(info.value)
     assert set(REQUIRED_TAGS) >= {"data_hash", "params_hash", "env_digest"}
-
-
-def test_run_name_is_readable_and_carries_both_hash_prefixes() -> None:
-    assert run_name("weights/yolo11s.pt", KEY.data_hash, KEY.params_hash) == "yolo11s-d6db155e-paaaaaaa"
 
 
 def test_environment_digest_is_stable_and_sees_package_changes() -> None:
