@@ -8,6 +8,8 @@ trainyard data demo  generate the built-in demo dataset (and DVC-track it)
 trainyard reproduce  re-run an MLflow run from its record; verdict identical / within tolerance / differs
 trainyard serve      serve prefect.yaml's deployments on their schedules from this machine
 trainyard doctor     preflight checks, each failure with its fix (and finishes runs an outage left open)
+trainyard runs       recent runs: the params that differ, final metrics (like `dvc exp show`)
+trainyard compare    runs side by side: differing params, reproduction key, final metrics
 trainyard sync       finish MLflow runs a tracking outage or a killed process left open
 trainyard ui         open the MLflow UI on the configured tracking store
 
@@ -209,6 +211,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_params(doc)
     doc.set_defaults(func=_cmd_doctor)
+
+    rs = sub.add_parser("runs", help="recent MLflow runs of the experiment: the params that differ, final metrics")
+    with_params(rs)
+    rs.add_argument("-n", type=int, default=20, help="how many runs, newest first (default 20)")
+    rs.set_defaults(func=_cmd_runs)
+
+    cp = sub.add_parser("compare", help="runs side by side: differing params, key, final metrics")
+    cp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    with_params(cp)
+    cp.set_defaults(func=_cmd_compare)
 
     sy = sub.add_parser("sync", help="finish MLflow runs a tracking outage or a killed process left open")
     with_params(sy)
@@ -514,6 +526,37 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.compare import runs_table
+    from tasks.params import load_params
+
+    params = load_params(args.params, args.overrides)
+    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
+    tracker.ping()
+    runs = tracker.search_runs(params.tracking.experiment, newest_first=True, max_results=max(1, args.n))
+    print(runs_table(runs))
+    if runs:
+        print(f"\nopen         {tracker.run_url(runs[0]).rsplit('/runs/', 1)[0]}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.compare import compare_table
+    from tasks.params import load_params
+
+    params = load_params(args.params, args.overrides)
+    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
+    tracker.ping()
+    runs = [tracker.get_run(run_id) for run_id in args.run_ids]
+    print(compare_table(runs))
+    print()
+    for run in runs:
+        print(f"open         {tracker.run_url(run)}")
+    return 0
+
+
 def _sync(params: "Params", ping: bool = False) -> list[str]:
     """Finish journaled runs and mark runs whose owner died KILLED; what was done, one line each."""
     from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
@@ -542,12 +585,54 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     )
     if mlflow is None:
         raise PreflightError("the mlflow command is not installed; run `make venv`")
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise UsageError(
+                f"port {args.port} on {args.host} is taken ({exc.strerror}); pick another: trainyard ui --port 5001"
+            ) from None
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
     artifacts = default_artifact_root(uri, params.base_dir)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop")
-    return subprocess.call(cmd)
+    return _serve_ui(cmd, f"http://{args.host}:{args.port}", uri)
+
+
+def _serve_ui(cmd: list[str], url: str, store: str) -> int:
+    """Run the MLflow UI until Ctrl-C or SIGTERM, which stop it (and its workers) too; say the URL once it answers."""
+    import signal
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: stopped as a whole, by us
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    print(f"MLflow UI on {url} (store {store}); Ctrl-C to stop", flush=True)
+                    break
+            except OSError:
+                time.sleep(0.5)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 if __name__ == "__main__":

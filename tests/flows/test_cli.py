@@ -136,3 +136,57 @@ def test_sync_finishes_what_an_outage_left_and_says_so(
     assert main(["sync", "--params", str(params)]) == 0
     assert f"finished MLflow run {run_id}" in capsys.readouterr().out
     assert tracker.get_run(run_id).status == "FINISHED"
+
+
+def test_ui_refuses_a_taken_port_with_a_hint(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--params", str(params), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "--port" in err
+
+
+@pytest.mark.slow
+def test_ui_says_its_url_once_it_answers_and_sigterm_stops_its_server(tmp_path: Path, tiny_dataset: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import VENV_BIN, free_port
+
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "trainyard"), "ui", "--params", str(params), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    while not any(line.startswith("MLflow UI on") for line in lines) and len(lines) < 50:
+        lines.append(proc.stdout.readline().decode())  # mlflow's own start-up lines come first
+    assert lines[-1].startswith(f"MLflow UI on http://127.0.0.1:{port}"), lines  # printed once it answers
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    time.sleep(1)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # nothing left listening
