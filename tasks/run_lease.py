@@ -160,21 +160,17 @@ class RunDirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "RunDirLock":
-        import fcntl
         import json
 
         from tasks.errors import RunnerError
+        from tasks.file_locks import try_exclusive
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = try_exclusive(self.path)
+        if fd is None:
             try:
-                owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
+                owner = json.loads(self.path.read_bytes() or b"{}")
+            except (OSError, ValueError):
                 owner = {}
-            os.close(fd)
             since = owner.get("since")
             when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
             raise RunnerError(
@@ -182,14 +178,13 @@ class RunDirLock:
                 f"{owner.get('host', '?')}, MLflow run {owner.get('run_id') or '?'}, since {when}); wait for it "
                 "to end or choose another --run-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id, "since": time.time()}
-        os.pwrite(fd, json.dumps(record).encode(), 0)
         self._fd = fd
+        self.claim(self.run_id)
         return self
 
     def claim(self, run_id: str) -> None:
-        """Name the MLflow run once it is known (a fresh run's id comes after the directory is locked)."""
+        """Name the owner in the lock file: this process and its MLflow run (known only after locking
+        a fresh run's directory), for another training's refusal message."""
         import json
 
         if self._fd is not None:

@@ -25,7 +25,6 @@ for ``PARTIAL_MAX_AGE_S`` and not locked by a live stager are garbage-collected.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks.errors import DataSourceError
+from tasks.file_locks import EXCLUSIVE, SHARED, acquire, held, try_exclusive
 
 MANIFEST = ".trainyard-manifest.json"
 LAST_USED = ".trainyard-last-used"
@@ -204,20 +204,10 @@ class StageCache:
         A shared flock on ``.locks/partial-<name>.lock`` is held until :meth:`release_partials`
         (or the process dies), so :meth:`gc_partials` never removes a directory in use.
         """
-        if name not in self._partial_locks:
-            lock = self.root / ".locks" / f"partial-{name}.lock"
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        os.close(fd)
-                        raise DataSourceError(f"timed out waiting for {lock}") from None
-                    time.sleep(0.05)  # the GC is removing it right now
-            self._partial_locks[name] = fd
+        if name not in self._partial_locks:  # a wait means the GC is removing it right now
+            self._partial_locks[name] = acquire(
+                self.root / ".locks" / f"partial-{name}.lock", SHARED, 60, DataSourceError
+            )
         path = self.root / ".partial" / name
         path.mkdir(parents=True, exist_ok=True)
         os.utime(path)  # its age is the time since a stager last took it
@@ -247,16 +237,12 @@ class StageCache:
                     continue
             except OSError:
                 continue
-            lock = self.root / ".locks" / f"partial-{entry.name}.lock"
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = try_exclusive(self.root / ".locks" / f"partial-{entry.name}.lock")
+            if fd is None:
+                continue  # a live stager is working in it
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live stager is working in it
                 if entry.is_dir(follow_symlinks=False):
-                    _make_tree_removable(Path(entry.path))
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)  # read-only files go: their folders are writable
                 else:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
@@ -311,13 +297,13 @@ class StageCache:
     @contextlib.contextmanager
     def writer_lock(self, name: str, timeout: float = 3600) -> Iterator[None]:
         """One stager per dataset: a second flow waits here, then finds the version published."""
-        with _flock(self.root / ".locks" / f"{name}.lock", fcntl.LOCK_EX, timeout):
+        with held(self.root / ".locks" / f"{name}.lock", EXCLUSIVE, timeout, DataSourceError):
             yield
 
     @contextlib.contextmanager
     def lease(self, key: str) -> Iterator[Path]:
         """Hold while training reads version ``key``: eviction never removes a leased version."""
-        with _flock(self.root / ".locks" / f"{key}.use", fcntl.LOCK_SH, timeout=60):
+        with held(self.root / ".locks" / f"{key}.use", SHARED, 60, DataSourceError):
             self.touch(key)
             yield self.version_path(key)
 
@@ -350,13 +336,10 @@ class StageCache:
                 break
             if version.key == keep:
                 continue
-            lock_path = self.root / ".locks" / f"{version.key}.use"
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = try_exclusive(self.root / ".locks" / f"{version.key}.use")
+            if fd is None:
+                continue  # a running training reads it
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a running training reads it
                 self._discard(version.path)
                 total -= version.bytes
                 removed.append(version.key)
@@ -471,15 +454,6 @@ def _all_files(root: Path) -> set[str]:
     return out
 
 
-def _make_tree_removable(tree: Path) -> None:
-    with contextlib.suppress(OSError):
-        tree.chmod(0o755)
-    for dirpath, dirs, _files in os.walk(tree):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                (Path(dirpath) / name).chmod(0o755)
-
-
 def _make_files_read_only(tree: Path) -> None:
     # Files read-only so nothing edits a published version; directories stay writable
     # because Ultralytics writes labels.cache beside the label folders.
@@ -487,22 +461,3 @@ def _make_files_read_only(tree: Path) -> None:
         for name in files:
             p = Path(dirpath) / name
             p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int, timeout: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DataSourceError(f"timed out after {timeout:.0f} s waiting for {path}") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

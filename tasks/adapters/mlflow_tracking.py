@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from tasks.errors import TrackingError
+from tasks.file_locks import held
 from tasks.redact import redact, split_userinfo
 
 if TYPE_CHECKING:  # mlflow is imported lazily: importing it costs seconds
@@ -112,7 +113,7 @@ class Tracker:
             if self.uri.startswith("sqlite:///"):
                 # MLflow creates and migrates a SQLite store on first use, unguarded: three first runs at
                 # once raced its migrations ("table _alembic_tmp_endpoints already exists"). One at a time.
-                with _file_lock(Path(self.uri.removeprefix("sqlite:///") + ".lock")):
+                with held(Path(self.uri.removeprefix("sqlite:///") + ".lock")):
                     client = self._call(lambda: MlflowClient(tracking_uri=self.uri))
                     self._call(lambda: client.search_experiments(max_results=1))
             else:
@@ -459,19 +460,6 @@ def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> context
                     monitor.finish()  # type: ignore[no-untyped-call]
 
     return monitored()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _unreachable(exc: BaseException) -> bool:
