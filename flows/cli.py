@@ -97,9 +97,9 @@ def _interrupt_line(exc: Interrupted, argv: Sequence[str] | None) -> str:
     import shlex
 
     again = shlex.join(["trainyard", *(sys.argv[1:] if argv is None else argv)])
-    from flows.terminal import context_of
+    from tasks.run_finish import LAST_INTERRUPTION
 
-    ctx = context_of(exc)
+    ctx = LAST_INTERRUPTION
     if not ctx.get("run_id"):
         return f"trainyard: interrupted ({exc.signal_name}) before training started; nothing to resume"
     note = ctx.get("note", "")

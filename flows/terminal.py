@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Callable
 
 from tasks.errors import Interrupted
+from tasks.run_finish import LAST_INTERRUPTION
 from tasks.redact import RedactingFilter, redact_log_handlers
 
 LOG_DIR = Path(".trainyard") / "logs"
@@ -81,13 +82,6 @@ def quiet_terminal() -> None:
                 handler.addFilter(TerminalFilter())
 
 
-def context_of(exc: Interrupted) -> dict[str, str]:
-    """The run an interruption stopped: on the exception, or (Prefect's SIGTERM path) as last recorded."""
-    from tasks.run_finish import LAST_INTERRUPTION
-
-    return exc.context or LAST_INTERRUPTION
-
-
 class InterruptGuard:
     """Turns SIGINT/SIGTERM into :class:`Interrupted` in the main thread, with a watchdog (see module doc)."""
 
@@ -98,6 +92,7 @@ class InterruptGuard:
         self._done = False
 
     def install(self) -> None:
+        LAST_INTERRUPTION.clear()  # an earlier command in this process (tests call main()) is not this one
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
 
@@ -119,7 +114,7 @@ class InterruptGuard:
         start = time.monotonic()
         while True:
             time.sleep(0.2)
-            recorded = context_of(exc).get("recorded")  # time.monotonic() when the run was marked KILLED
+            recorded = LAST_INTERRUPTION.get("recorded")  # time.monotonic() when the run was marked KILLED
             if time.monotonic() > (float(recorded) + _GRACE if recorded else start + _NO_RUN_GRACE):
                 code = self.report(exc)
                 sys.stdout.flush()

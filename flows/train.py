@@ -19,13 +19,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.doctor import ensure_ready, format_table
-from tasks.errors import TrainingError, TrainyardError
+from tasks.errors import TrackingError, TrainingError, TrainyardError
 from tasks.params import Params, load_params, params_hash
 from tasks.redact import redact, redact_log_handlers, reveal
 from tasks.repro_key import ReproKey, run_tags, same_inputs_filter, trainyard_version
 from tasks.run_naming import NOTE_TAG, dataset_profile, description, readable_name
 from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
-from tasks.run_lease import Heartbeat, RunDirLock, owner_tags, resumable_run
+from tasks.run_lease import RUN_DIR_TAG, Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
@@ -122,8 +122,6 @@ def start_run_task(
 @task(name="log-dataset-input", cache_policy=NO_CACHE)
 def log_dataset_task(tracking_uri: str, run_id: str, staged: StagedDataset, report: ValidationReport) -> None:
     """The data version as the run's MLflow dataset input (Datasets column and filter); a failure only warns."""
-    from tasks.errors import TrackingError
-
     name = Path(staged.source.rstrip("/")).name or staged.source
     try:
         Tracker(tracking_uri).log_dataset(
@@ -281,7 +279,7 @@ def train_flow(
         interrupted = resumable_run_task(tracking_uri, experiment, key, fixed_dir) if stop_after is None else None
         if interrupted is not None:
             run_id, name = interrupted.run_id, interrupted.name
-            out = Path(interrupted.tags["trainyard.run_dir"])
+            out = Path(interrupted.tags[RUN_DIR_TAG])
             lock = lock or held.enter_context(RunDirLock(out, run_id))
             tracker.reopen_run(run_id)
             logger.warning("resuming interrupted MLflow run %s (%s) in %s", name, run_id, out)
@@ -372,7 +370,7 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
     return TrainResult(
         run_id=prior.run_id,
         run_name=prior.name,
-        run_dir=prior.tags.get("trainyard.run_dir", ""),
+        run_dir=prior.tags.get(RUN_DIR_TAG, ""),
         tracking_uri=redact(tracking_uri),
         experiment=params.tracking.experiment,
         metrics=metrics,

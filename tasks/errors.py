@@ -151,10 +151,23 @@ class Interrupted(KeyboardInterrupt):
 
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
-        # filled in on the way out (run_id, run_name, run_dir, note), for the CLI's one line
-        self.context: dict[str, str] = {}
         super().__init__(f"interrupted by {self.signal_name}")
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def interruption_signal(exc: BaseException) -> str | None:
+    """ "SIGINT" / "SIGTERM" when ``exc`` is an interruption rather than a failure, else None.
+
+    Ctrl-C arrives as KeyboardInterrupt (or our :class:`Interrupted`); under a Prefect flow,
+    SIGTERM arrives as Prefect's ``TerminationSignal`` (matched by name: tasks/ does not import Prefect).
+    """
+    if isinstance(exc, Interrupted):
+        return exc.signal_name
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if type(exc).__name__ == "TerminationSignal":
+        return "SIGTERM"
+    return None

@@ -108,19 +108,17 @@ def epochs_done(run_dir: Path) -> int:
 
 def failure_text(exc: BaseException, run_dir: Path) -> str:
     """What ``trainyard.error`` says about why a training stopped (no password of any URL in it)."""
-    from tasks.errors import Interrupted
+    from tasks.errors import interruption_signal
     from tasks.redact import redact
 
-    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM
-        how = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
-        if type(exc).__name__ == "TerminationSignal":
-            how = "interrupted by SIGTERM"
+    signal_name = interruption_signal(exc)
+    if signal_name is not None:
         done = epochs_done(run_dir)
         where = f"after epoch {done}" if done else "before its first epoch ended"
         then = (
             f"resumes it from {run_dir / LAST}" if resume_point(run_dir) is not None else "trains it again from epoch 1"
         )
-        return f"{how} {where}; rerunning the same command {then}"
+        return f"interrupted by {signal_name} {where}; rerunning the same command {then}"
     return redact(str(exc) or type(exc).__name__)
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from tasks.errors import Interrupted, TrackingError
+from tasks.errors import TrackingError, interruption_signal
 from tasks.evaluate import write_metrics
 from tasks.job import failure_text, write_atomic
 from tasks.repro_key import COMPLETE_TAG
@@ -74,28 +74,28 @@ def record_stop(
 ) -> None:
     """End the run KILLED (interrupted, terminated) or FAILED with why in ``trainyard.error``; once per exception.
 
-    An :class:`Interrupted` learns the run it stopped, for the CLI's one line.
+    An interruption is also noted in :data:`LAST_INTERRUPTION`, for the CLI's one line.
     """
     if getattr(exc, "trainyard_recorded", False):
         return
-    interrupted = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"  # Prefect's SIGTERM
+    interrupted = interruption_signal(exc) is not None
     text = failure_text(exc, run_dir)
     tracker.record_failure(run_id, text, "KILLED" if interrupted else "FAILED", warn)
     if interrupted:
-        context = dict(run_id=run_id, run_name=name, run_dir=str(run_dir), note=text, recorded=str(time.monotonic()))
         LAST_INTERRUPTION.clear()
-        LAST_INTERRUPTION.update(context)
-        if isinstance(exc, Interrupted):
-            exc.context.update(context)
+        LAST_INTERRUPTION.update(
+            run_id=run_id, run_name=name, run_dir=str(run_dir), note=text, recorded=str(time.monotonic())
+        )
     try:
         exc.trainyard_recorded = True  # type: ignore[attr-defined]
     except AttributeError:
         pass
 
 
-# The run the last interruption in this process stopped. Under a flow, Prefect turns SIGTERM
-# into its own TerminationSignal and then re-sends the signal to the CLI's handler, which
-# raises a fresh Interrupted: this is how the CLI's one line still names the run.
+# The run the last interruption in this process stopped, and when (time.monotonic()), for the
+# CLI's one line and its watchdog. Process state rather than an attribute of the exception: under
+# a flow, Prefect turns SIGTERM into its own TerminationSignal and then re-sends the signal to
+# the CLI's handler, which raises a fresh Interrupted.
 LAST_INTERRUPTION: dict[str, str] = {}
 
 

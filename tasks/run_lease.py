@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from tasks.adapters.mlflow_tracking import ERROR_TAG
 from tasks.job import resume_point
 from tasks.repro_key import COMPLETE_TAG
 
@@ -28,7 +29,6 @@ HEARTBEAT_TAG = "trainyard.heartbeat"  # unix seconds of the owner's last sign o
 HOST_TAG = "trainyard.host"
 PID_TAG = "trainyard.pid"
 RUN_DIR_TAG = "trainyard.run_dir"
-ERROR_TAG = "trainyard.error"
 KEY_TAG = "trainyard.key"
 REPRODUCES_TAG = "trainyard.reproduces"
 HEARTBEAT_EVERY = 30.0  # seconds between heartbeats

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tasks.params import Params
     from tasks.repro_key import ReproKey
+    from tasks.validate import SplitStats
 
 _SHORT = {"epochs": "ep", "imgsz": "img", "batch": "b"}  # the commonest keys, in fewer characters
 MAX_NAME = 120
@@ -61,6 +62,6 @@ def description(params: "Params", key: "ReproKey", data_source: str, outcome: st
     return "  \n".join(lines)
 
 
-def dataset_profile(splits: dict[str, Any], names: list[str]) -> dict[str, Any]:
+def dataset_profile(splits: "dict[str, SplitStats]", names: list[str]) -> dict[str, Any]:
     """What the MLflow dataset input shows: images per split and the class names."""
-    return {"splits": {k: getattr(v, "images", v) for k, v in splits.items()}, "classes": names}
+    return {"splits": {k: v.images for k, v in splits.items()}, "classes": names}

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # mlflow is imported lazily: importing it costs seconds
     from mlflow.tracking import MlflowClient
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+ERROR_TAG = "trainyard.error"  # why a run stopped: set when it ends FAILED or KILLED, cleared when it resumes
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 DEFAULT_STORE = "mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `trainyard ui` serves a local store
@@ -243,22 +244,10 @@ class Tracker:
         """End ``run_id`` as ``status`` (KILLED, FAILED) with ``text`` in ``trainyard.error``; ``warn`` hears
         when the tracking store itself cannot be reached to say so (the next `trainyard sync` will)."""
         try:
-            self.set_tags(run_id, {"trainyard.error": redact(text)[:5000]})
+            self.set_tags(run_id, {ERROR_TAG: redact(text)[:5000]})
             self.end_run(run_id, status)
         except TrackingError:
             warn(f"could not mark MLflow run {run_id} as {status}; `trainyard sync` will once MLflow is reachable")
-
-    @contextlib.contextmanager
-    def ends_run_on_error(self, run_id: str, warn: Callable[[str], None]) -> Iterator[None]:
-        """Within it, an exception ends ``run_id`` as KILLED (Ctrl-C, SIGTERM) or FAILED with
-        ``trainyard.error``, then propagates; a run never stays RUNNING because its work failed.
-        """
-        try:
-            yield
-        except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            self.record_failure(run_id, str(exc) or type(exc).__name__, status, warn)
-            raise
 
     # ------------------------------------------------------------------ reading back
 
@@ -331,8 +320,8 @@ class Tracker:
     def reopen_run(self, run_id: str) -> None:
         """Mark an interrupted run RUNNING again, so a resumed training can log into it."""
         self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
-        if "trainyard.error" in self.get_run(run_id).tags:  # it is no longer the run's last word
-            self._call(lambda: self.client.delete_tag(run_id, "trainyard.error"))
+        if ERROR_TAG in self.get_run(run_id).tags:  # it is no longer the run's last word
+            self._call(lambda: self.client.delete_tag(run_id, ERROR_TAG))
 
     def runs_with_status(self, experiment: str, status: str, max_results: int = 200) -> list[RunRecord]:
         """The newest ``max_results`` runs of ``experiment`` in ``status`` (RUNNING, KILLED, ...)."""

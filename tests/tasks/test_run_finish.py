@@ -10,7 +10,16 @@ import pytest
 
 from tasks.adapters.mlflow_tracking import Tracker
 from tasks.errors import TrackingError
-from tasks.run_finish import JOURNAL, Unfinished, finish_or_defer, record_unfinished, sync, unfinished
+from tasks.run_finish import (
+    JOURNAL,
+    LAST_INTERRUPTION,
+    Unfinished,
+    finish_or_defer,
+    record_stop,
+    record_unfinished,
+    sync,
+    unfinished,
+)
 from tests.conftest import free_port
 
 RESULTS = "epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,1.0,2.5,0.1\n2,2.0,2.0,0.2\n3,3.0,1.5,0.3\n"
@@ -63,3 +72,26 @@ def test_a_broken_journal_entry_is_named(tmp_path: Path) -> None:
     (tmp_path / JOURNAL / "bad.json").write_text(json.dumps({"run_id": "x"}))
     with pytest.raises(TrackingError, match="bad.json"):
         unfinished(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "text"),
+    [
+        (KeyboardInterrupt(), "KILLED", "interrupted by SIGINT before its first epoch ended"),
+        (RuntimeError("boom"), "FAILED", "boom"),
+    ],
+)
+def test_a_stopped_training_ends_its_run_once_with_why(
+    tmp_path: Path, error: BaseException, status: str, text: str
+) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("bookkeeping", "r", tags={}, params={})
+    warnings: list[str] = []
+    LAST_INTERRUPTION.clear()
+    record_stop(tracker, run_id, "r", tmp_path, error, warnings.append)
+    run = tracker.get_run(run_id)
+    assert run.status == status and run.tags["trainyard.error"].startswith(text) and warnings == []
+    assert (LAST_INTERRUPTION.get("run_id") == run_id) == (status == "KILLED")  # what the CLI's line names
+    tracker.set_tags(run_id, {"trainyard.error": "kept"})
+    record_stop(tracker, run_id, "r", tmp_path, error, warnings.append)  # the flow sees it again: no second record
+    assert tracker.get_run(run_id).tags["trainyard.error"] == "kept"

@@ -61,29 +61,6 @@ def test_unreachable_server_fails_fast_with_the_uri(tmp_path: Path) -> None:
     assert dead in str(info.value) and time.monotonic() - started < 10
 
 
-@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
-def test_a_failure_inside_ends_the_run_with_its_error_and_propagates(
-    tmp_path: Path, error: BaseException, status: str
-) -> None:
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = tracker.start_run("bookkeeping", "r", tags={}, params={})
-    warnings: list[str] = []
-    with pytest.raises(type(error)):
-        with tracker.ends_run_on_error(run_id, warnings.append):
-            raise error
-    run = tracker.get_run(run_id)
-    assert run.status == status and run.tags["trainyard.error"] == (str(error) or type(error).__name__)
-    assert warnings == []
-
-
-def test_a_clean_block_leaves_the_run_running(tmp_path: Path) -> None:
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = tracker.start_run("bookkeeping", "r", tags={}, params={})
-    with tracker.ends_run_on_error(run_id, print):
-        pass
-    assert tracker.get_run(run_id).status == "RUNNING"
-
-
 def test_the_epoch_logger_never_holds_up_training_and_keeps_order(tmp_path: Path) -> None:
     import time
 
