@@ -11,6 +11,7 @@ trainyard doctor     preflight checks, each failure with its fix (and finishes r
 trainyard runs       recent runs: the params that differ, final metrics (like `dvc exp show`)
 trainyard compare    runs side by side: differing params, reproduction key, final metrics
 trainyard sync       finish MLflow runs a tracking outage or a killed process left open
+trainyard promote    make a run's registered model version the champion (refuses other data unless --force)
 trainyard ui         open the MLflow UI on the configured tracking store
 
 Exit codes: tasks.errors.EXIT_CODES (the README's table).
@@ -182,7 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     snap.set_defaults(func=_cmd_data_snapshot)
 
     rep = sub.add_parser("reproduce", help="re-run an MLflow run from its record and say whether it came out the same")
-    rep.add_argument("run_id")
+    rep.add_argument(
+        "run_id", metavar="RUN", help="a run id, or an alias of the registered model (champion, candidate)"
+    )
     with_params(rep)
     rep.add_argument("--epochs", type=int, default=None, help="replay only the first N epochs (same schedule)")
     rep.add_argument(
@@ -221,6 +224,18 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     with_params(cp)
     cp.set_defaults(func=_cmd_compare)
+
+    pr = sub.add_parser(
+        "promote", help="point the registered model's alias champion at a run's version (same data version only)"
+    )
+    pr.add_argument("run_id", metavar="RUN", help="a run id, or an alias such as candidate")
+    with_params(pr)
+    pr.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if it was validated on another data version than the champion",
+    )
+    pr.set_defaults(func=_cmd_promote)
 
     sy = sub.add_parser("sync", help="finish MLflow runs a tracking outage or a killed process left open")
     with_params(sy)
@@ -283,6 +298,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"MLflow run   {result.run_id}  ({result.run_name}, experiment {result.experiment!r})")
     print(f"mAP50        {m.get('mAP50', float('nan')):.4f}")
     print(f"mAP50-95     {m.get('mAP50-95', float('nan')):.4f}")
+    if result.model_version:
+        print(f"model        {result.model_version}  (trainyard promote {result.run_id} makes it the champion)")
     print(f"run dir      {result.run_dir}")
     print(f"tracking     {result.tracking_uri}")  # without a password (see tasks.redact)
     if result.tracking_uri.startswith(("http://", "https://")):
@@ -407,10 +424,43 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.params import load_params
+    from tasks.registry import promote, registered_model, resolve_run
+
+    params = load_params(args.params, args.overrides)
+    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
+    tracker.ping()
+    model = registered_model(params)
+    run_id = resolve_run(tracker, model, args.run_id)
+    result = promote(tracker, model, run_id, force=args.force)
+    print(result.note)
+    print(f'load it with  mlflow.pyfunc.load_model("models:/{model}@champion")')
+    return 0
+
+
+def _resolve_run_ref(args: argparse.Namespace) -> None:
+    """`trainyard reproduce champion`: an alias of the registered model stands for the run it came from."""
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.params import load_params
+    from tasks.registry import registered_model, resolve_run
+
+    params = load_params(args.params, args.overrides)
+    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
+    resolved = resolve_run(tracker, registered_model(params), args.run_id)
+    if resolved != args.run_id:
+        print(f"{args.run_id} is run {resolved}")
+        args.run_id = resolved
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from tasks.params import load_params
+    from tasks.registry import looks_like_run_id
 
     load_params(args.params, args.overrides)
+    if not looks_like_run_id(args.run_id):
+        _resolve_run_ref(args)
     _flow_session(args.params, "reproduce")
     if args.checkout:
         return _reproduce_in_worktree(args)

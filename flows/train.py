@@ -19,13 +19,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.doctor import ensure_ready, format_table
+from tasks.evaluate import FINAL_METRICS
 from tasks.errors import TrackingError, TrainingError, TrainyardError
 from tasks.params import Params, load_params, params_hash
 from tasks.redact import redact, redact_log_handlers, reveal
+from tasks.registry import describe_version, registry_plan
 from tasks.repro_key import ReproKey, run_tags, same_inputs_filter, trainyard_version
 from tasks.run_naming import NOTE_TAG, dataset_profile, description, readable_name
 from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
-from tasks.run_lease import RUN_DIR_TAG, Heartbeat, RunDirLock, owner_tags, resumable_run
+from tasks.run_lease import REPRODUCES_TAG, RUN_DIR_TAG, Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.summary import RunSummary
@@ -47,6 +49,7 @@ class TrainResult:
     outcome: str = "trained"  # or "up to date": an earlier run already trained on the same inputs
     run_url: str = ""
     resumed_after: list[int] = field(default_factory=list)  # epochs at which a crashed training resumed
+    model_version: str = ""  # "<registered model>/<version>" with its aliases, when the training registered one
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -112,8 +115,8 @@ def start_run_task(
     run_id = tracker.start_run(
         params.tracking.experiment,
         name,
-        tags={**run_tags(params, key, staged.source, report), **note, **extra_tags},
-        params=params.flat(),
+        tags={**run_tags(params, key, staged.source, report), **params.settings_tags(), **note, **extra_tags},
+        params=params.mlflow_params(),
         artifact_location=default_artifact_root(tracking_uri, params.base_dir),
     )
     return run_id, name
@@ -308,14 +311,24 @@ def train_flow(
         except BaseException as exc:  # a run never stays RUNNING because its training failed or was interrupted
             record_stop(tracker, run_id, name, out, exc, logger.warning)
             raise
+        registry = registry_plan(params, reproduction=bool((extra_tags or {}).get(REPRODUCES_TAG)))
         metrics = finish_run_task(
-            tracker, run_id, out, stop_after is None, params.base_dir, params.tracking.wait, logger.warning
+            tracker,
+            run_id,
+            out,
+            stop_after is None,
+            params.base_dir,
+            params.tracking.wait,
+            logger.warning,
+            registry,
+            logger.info,
         )
         outcome_text = (
             f"trained {metrics.get('epochs', '?')} epochs: mAP50-95 {metrics.get('mAP50-95', float('nan')):.4f}"
         )
         tracker.set_tags(run_id, {NOTE_TAG: description(params, key, staged.source, outcome_text)})
-    url = tracker.run_url(tracker.get_run(run_id))
+    record = tracker.get_run(run_id)
+    url = tracker.run_url(record)
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))
     result = TrainResult(
@@ -329,6 +342,7 @@ def train_flow(
         outcome="trained",
         run_url=url,
         resumed_after=resumed,
+        model_version=describe_version(tracker, record.tags),
     )
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2))
     return result
@@ -353,7 +367,9 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
         url,
     )
     metrics: dict[str, float | int] = {
-        k.removeprefix("final/"): v for k, v in prior.metrics.items() if k.startswith("final/")
+        k.removeprefix("final/"): v  # runs of earlier trainyard builds logged final/<name>
+        for k, v in prior.metrics.items()
+        if k.removeprefix("final/") in FINAL_METRICS
     }
     publish_summary_task(
         _summary(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from tasks.adapters.mlflow_tracking import RunRecord
 
-FINAL = ("final/mAP50-95", "final/mAP50", "final/precision", "final/recall", "final/epochs")
+FINAL = ("mAP50-95", "mAP50", "precision", "recall", "epochs")  # best.pt's, see tasks.evaluate.FINAL_METRICS
 IGNORED_PARAMS = ("data.source", "stage.root", "tracking.uri")  # where things are, not what trained
 
 
@@ -51,8 +51,8 @@ def runs_table(runs: Sequence["RunRecord"], max_params: int = 6) -> str:
                 r.status,
                 r.tags.get("trainyard.data_hash", "")[:8],
                 *[r.params.get(k, "-") for k in varying],
-                _cell(r.metrics.get("final/mAP50-95")),
-                _cell(r.metrics.get("final/mAP50")),
+                _cell(r.metrics.get("mAP50-95")),
+                _cell(r.metrics.get("mAP50")),
             ]
         )
     return table(header, rows)

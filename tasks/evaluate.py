@@ -19,6 +19,13 @@ _FINAL_KEYS = {
     "metrics/recall(B)": "recall",
 }
 
+# The names of summarize()'s numbers: metrics.json's keys, and the MLflow metrics that hold best.pt's
+# final values. Unprefixed on purpose: the MLflow UI sorts chart sections by the part before "/"
+# and puts unprefixed metrics last, so a run page opens on the per-epoch curves (lr, metrics,
+# train, val) and these single points follow; the runs table shows them as columns under the
+# same names as `dvc metrics show`.
+FINAL_METRICS = ("mAP50-95", "mAP50", "precision", "recall", "best_epoch", "epochs")
+
 # Ultralytics' Metric.fitness weights, keyed by the results.csv column of each weighted metric.
 # Copied, not imported: ultralytics pulls in torch and this runs in the flow process;
 # tests/tasks/test_evaluate.py compares them with the installed package.

@@ -91,6 +91,10 @@ def _non_empty(value: Any) -> str | None:
     return None if str(value).strip() else "must not be empty"
 
 
+def _non_empty_or_null(value: Any) -> str | None:
+    return None if value is None else _non_empty(value)
+
+
 def _key(default: Any, form: str, check: Callable[[Any], str | None] | None = None) -> Any:
     """A section field: its default, the valid form named in messages, and an optional check."""
     return field(default=default, metadata={"form": form, "check": check})
@@ -175,6 +179,10 @@ class TrackingParams:
     wait: int | float = _key(
         60, "seconds to wait for an unreachable tracking server when a training ends, like 60", _not_negative
     )
+    registered_model: str | None = _key(
+        None, "a registered model name, or null for the experiment's name", _non_empty_or_null
+    )
+    promote: str = _key("manual", "manual or auto", _one_of("manual", "auto"))
 
 
 SECTION_TYPES: dict[str, type] = {
@@ -200,6 +208,7 @@ def _schema(cls: type) -> dict[str, _Key]:
 
 # What _check_section checks each section's keys against, read off the dataclasses above.
 SCHEMA: dict[str, dict[str, _Key]] = {name: _schema(cls) for name, cls in SECTION_TYPES.items()}
+SETTINGS_TAG_PREFIX = "trainyard.params."  # trainyard's own settings on an MLflow run (not its params)
 SECTIONS: tuple[str, ...] = ("data", "stage", "validate", "train", "runner", "container", "reproduce", "tracking")
 
 
@@ -233,6 +242,21 @@ class Params:
         from tasks.redact import redact
 
         return {k: redact(v) for k, v in flatten(self.as_dict()).items()}
+
+    def mlflow_params(self) -> dict[str, str]:
+        """The Ultralytics arguments under Ultralytics' own names (``lr0``, ``epochs``), as its own MLflow
+        callback logs them: what the MLflow params table shows and compares. trainyard's own settings
+        (where data, caches, images and servers are) are tags instead: see :meth:`settings_tags`."""
+        from tasks.redact import redact
+
+        return {k: redact(v) for k, v in flatten(copy.deepcopy(self.train)).items()}
+
+    def settings_tags(self) -> dict[str, str]:
+        """The other sections as ``trainyard.params.<section>.<key>`` tags: on the run, out of the params table."""
+        from tasks.redact import redact
+
+        settings = {name: value for name, value in self.as_dict().items() if name != "train"}
+        return {f"{SETTINGS_TAG_PREFIX}{k}": redact(v) for k, v in flatten(settings).items()}
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
         p = Path(value).expanduser()

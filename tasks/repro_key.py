@@ -120,6 +120,9 @@ def run_tags(params: Params, key: ReproKey, data_source: str, report: Validation
         "trainyard.runner": params.runner.kind,
         "trainyard.images_train": str(report.splits["train"].images if "train" in report.splits else 0),
         "trainyard.data_warnings": str(len(report.warnings)),
+        # the runs table's Source column (with the commit beside it, from mlflow.source.git.commit)
+        "mlflow.source.name": "trainyard train flow",
+        "mlflow.source.type": "JOB",
     }
     if key.env_kind == "docker":
         tags |= {"trainyard.image": str(params.container.image), "trainyard.image_digest": key.env_digest}

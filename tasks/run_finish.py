@@ -14,11 +14,12 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tasks.errors import TrackingError, interruption_signal
 from tasks.evaluate import write_metrics
 from tasks.job import failure_text, write_atomic
+from tasks.registry import RegistryPlan, register_run
 from tasks.repro_key import COMPLETE_TAG
 from tasks.run_lease import RUN_DIR_TAG, Reaped, reap_stale_runs
 
@@ -41,12 +42,19 @@ JOURNAL = Path(".trainyard") / "unsynced"
 
 
 def finish_run(
-    tracker: "Tracker", run_id: str, run_dir: Path, complete: bool, warn: Callable[[str], None]
+    tracker: "Tracker",
+    run_id: str,
+    run_dir: Path,
+    complete: bool,
+    warn: Callable[[str], None],
+    registry: RegistryPlan | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, float | int]:
-    """Log what the run is missing from ``run_dir`` and end it FINISHED; return the final metrics.
+    """Log what the run is missing from ``run_dir``, register its model (``registry``), end it FINISHED;
+    return the final metrics.
 
-    Idempotent: epochs already logged are skipped, artifacts are overwritten, so a finish that
-    failed half-way (server gone again) is simply repeated.
+    Idempotent: epochs already logged are skipped, artifacts are overwritten, a run with a model
+    version keeps it, so a finish that failed half-way (server gone again) is simply repeated.
     """
     from tasks.adapters.mlflow_tracking import backfill_epochs, iter_artifacts
 
@@ -56,7 +64,7 @@ def finish_run(
     if backfilled:
         warn(f"logged {backfilled} epoch(s) from results.csv that live logging missed")
     metrics = write_metrics(run_dir, run_dir / "metrics.json")
-    tracker.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=int(metrics.get("epochs", 0)))
+    tracker.log_metrics(run_id, metrics, step=int(metrics.get("epochs", 0)))  # named as in metrics.json
     weights = run_dir / "weights"
     if weights.is_dir():
         tracker.log_artifacts(run_id, weights, "weights")
@@ -65,6 +73,16 @@ def finish_run(
     # "complete" marks a run that trained every epoch: only such a run can make a later,
     # unchanged scheduled run "up to date" (a reproduction of 3 epochs must not).
     tracker.set_tags(run_id, {COMPLETE_TAG: "true" if complete else "false", RUN_DIR_TAG: str(run_dir)})
+    if registry is not None and complete:
+        try:
+            registration = register_run(tracker, run_id, run_dir, registry, metrics, warn)
+        except TrackingError as exc:
+            if exc.transient:
+                raise  # finished later, with the rest
+            warn(f"the model of run {run_id} is not registered: {exc}")  # the training itself is fine
+        else:
+            if registration is not None:
+                say(registration.note)
     tracker.end_run(run_id, "FINISHED")
     return metrics
 
@@ -109,6 +127,7 @@ class Unfinished:
     complete: bool
     since: float  # unix time the flow gave up waiting
     reason: str
+    registry: dict[str, Any] | None = None  # a RegistryPlan: what the finish registers
 
 
 def finish_or_defer(
@@ -119,20 +138,29 @@ def finish_or_defer(
     base_dir: Path,
     wait: float,
     warn: Callable[[str], None],
+    registry: RegistryPlan | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, float | int]:
     """:func:`finish_run`, waiting up to ``wait`` s for an unreachable server; then journal it and raise."""
     deadline = time.monotonic() + wait
     told = False
     while True:
         try:
-            return finish_run(tracker, run_id, run_dir, complete, warn)
+            return finish_run(tracker, run_id, run_dir, complete, warn, registry, say)
         except TrackingError as exc:
             if not exc.transient:
                 raise
             if time.monotonic() >= deadline:
-                path = record_unfinished(
-                    base_dir, Unfinished(run_id, str(run_dir), tracker.shown, complete, time.time(), str(exc))
+                entry = Unfinished(
+                    run_id,
+                    str(run_dir),
+                    tracker.shown,
+                    complete,
+                    time.time(),
+                    str(exc),
+                    asdict(registry) if registry else None,
                 )
+                path = record_unfinished(base_dir, entry)
                 raise TrackingError(
                     f"the training finished (outputs in {run_dir}) but MLflow at {tracker.shown} stayed "
                     f"unreachable for {wait:.0f} s, so run {run_id} is not finished yet; nothing is lost: "
@@ -192,7 +220,8 @@ def sync(tracker: "Tracker", base_dir: Path, experiment: str, warn: Callable[[st
                 f"cannot finish MLflow run {entry.run_id}: its run directory {run_dir} is gone; "
                 f"end it in the MLflow UI and remove {path}"
             )
-        finish_run(tracker, entry.run_id, run_dir, entry.complete, warn)
+        plan = RegistryPlan(**entry.registry) if entry.registry else None
+        finish_run(tracker, entry.run_id, run_dir, entry.complete, warn, plan, warn)
         path.unlink()
         finished.append(entry.run_id)
     return SyncReport(finished, elsewhere, reap_stale_runs(tracker, experiment))

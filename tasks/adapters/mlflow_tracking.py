@@ -47,6 +47,8 @@ BOUNDED_HTTP = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 
+_MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: [{"name", "version"}] (mlflow.utils.mlflow_tags)
+
 # MLflow param values are capped (6000 chars in MLflow 3); longer values are cut with a marker.
 _PARAM_MAX = 6000
 
@@ -94,6 +96,74 @@ class RunRecord:
     metrics: dict[str, float]  # latest value per key
 
 
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """A registered model version, as read back: what promotion compares."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+
+def _version_record(mv: Any) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        source=mv.source or "",
+        tags=dict(mv.tags or {}),
+        aliases=tuple(mv.aliases or ()),
+    )
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _detector_signature(imgsz: int) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from tasks.adapters.yolo_pyfunc import INPUT_COLUMN
+
+    outputs: list[Any] = [ColSpec("long", "image"), ColSpec("long", "class_id"), ColSpec("string", "class_name")]
+    outputs += [ColSpec("double", c) for c in ("confidence", "x1", "y1", "x2", "y2")]
+    params = [ParamSpec("conf", "double", 0.25), ParamSpec("iou", "double", 0.7), ParamSpec("imgsz", "long", imgsz)]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+        outputs=Schema(outputs),
+        params=ParamSchema(params),
+    )
+
+
+def _example_image() -> str:
+    """A 32x32 grey PNG as base64: the input example shows the form, it is not a test image."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (114, 114, 114)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _pinned(packages: Iterable[str]) -> list[str]:
+    """``name==version`` of what is installed here (a local build tag like +cu128 left out: pip cannot fetch it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in packages:
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
 class Tracker:
     """A thin, typed wrapper over MlflowClient with errors that say what to do."""
 
@@ -105,6 +175,8 @@ class Tracker:
             os.environ.setdefault(name, value)
         # MLflow prints "View run … at: <tracking URI>" on end_run, password and all; trainyard prints its own link
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # its download bars (model logging checks its example) would break the flow's one-line log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     @property
     def client(self) -> "MlflowClient":
@@ -166,6 +238,10 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
+                if artifact_location is None and self.uri.startswith("sqlite:///"):
+                    # MLflow's default is ./mlruns of whatever directory the process runs in
+                    store_dir = Path(self.uri.removeprefix("sqlite:///")).parent
+                    artifact_location = default_artifact_root(self.uri, store_dir)
                 exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
             else:
                 if exp.lifecycle_stage == "deleted":
@@ -248,6 +324,141 @@ class Tracker:
             self.end_run(run_id, status)
         except TrackingError:
             warn(f"could not mark MLflow run {run_id} as {status}; `trainyard sync` will once MLflow is reachable")
+
+    # ------------------------------------------------------------------ models and the registry
+
+    def log_model(self, run_id: str, weights: Path, imgsz: int, step: int) -> str:
+        """``weights`` (best.pt) as the run's MLflow model ``model``: a pyfunc that predicts boxes
+        (tasks/adapters/yolo_pyfunc.py), with a signature and an input example; returns its models:/ URI.
+
+        MLflow checks the example by loading the model and predicting with it, here, once.
+        """
+        import mlflow
+        import pandas as pd
+        from mlflow.models import Model
+
+        from tasks.adapters import yolo_pyfunc
+
+        experiment_id = self.get_run(run_id).experiment_id
+        with self._process_uri(experiment_id):
+            info = self._call(
+                lambda: Model.log(
+                    artifact_path=None,
+                    name="model",
+                    flavor=mlflow.pyfunc,
+                    run_id=run_id,
+                    python_model=yolo_pyfunc.__file__,
+                    artifacts={yolo_pyfunc.WEIGHTS: str(weights)},
+                    model_config={"imgsz": imgsz},
+                    signature=_detector_signature(imgsz),
+                    input_example=pd.DataFrame({yolo_pyfunc.INPUT_COLUMN: [_example_image()]}),
+                    pip_requirements=_pinned(("mlflow", "ultralytics", "torch", "torchvision", "pandas", "pillow")),
+                    step=step,
+                )
+            )
+        return str(info.model_uri)
+
+    @contextlib.contextmanager
+    def _process_uri(self, experiment_id: str | None = None) -> Iterator[None]:
+        """MLflow's model logging and its SQLite registry find the store (and the experiment a logged model
+        belongs to) through process-wide settings, not the client's; point them here for the call."""
+        import mlflow
+
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses), which trainyard
+        # reads as the user's choice: put back exactly what the environment held, or nothing
+        before = {name: os.environ.get(name) for name in (TRACKING_URI_ENV, "MLFLOW_EXPERIMENT_ID")}
+        mlflow.set_tracking_uri(self.uri)
+        if experiment_id is not None:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before[TRACKING_URI_ENV])  # type: ignore[arg-type]  # None unsets it
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def register_version(self, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
+        """A new version of registered model ``name`` (created if missing) from ``model_uri``; its number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise TrackingError(
+                    f"could not create registered model {name!r} at {self.shown}: {_short(exc)}",
+                    transient=_unreachable(exc),
+                ) from exc
+        except _store_errors() as exc:
+            raise TrackingError(f"MLflow at {self.shown} failed: {_short(exc)}", transient=_unreachable(exc)) from exc
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        with self._process_uri():
+            version = self._call(
+                lambda: self.client.create_model_version(
+                    name,
+                    source=model_uri,
+                    run_id=run_id,
+                    tags=dict(tags),
+                    await_creation_for=0,
+                    # a server refuses a models:/<id> source without the id (MLflow 3's logged models)
+                    model_id=model_id,
+                )
+            )
+        if model_id:
+            self._link_version(model_id, name, str(version.version))
+        return str(version.version)
+
+    def _link_version(self, model_id: str, name: str, version: str) -> None:
+        """Tag the logged model with its registered version, as ``mlflow.register_model`` does: the runs
+        table's Models column shows ``<name> v<version>`` from it (a bare client call leaves it out)."""
+        import json
+
+        model = self._call(lambda: self.client.get_logged_model(model_id))
+        linked = json.loads(model.tags.get(_MODEL_VERSIONS_TAG) or "[]")
+        # a tracking server adds the entry itself (version as a number); a local store does not
+        if not any(e.get("name") == name and str(e.get("version")) == version for e in linked):
+            value = json.dumps([*linked, {"name": name, "version": int(version)}])
+            self._call(lambda: self.client.set_logged_model_tags(model_id, {_MODEL_VERSIONS_TAG: value}))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._call(lambda: self.client.set_registered_model_alias(name, alias, version))
+
+    def alias_version(self, name: str, alias: str) -> ModelVersionRecord | None:
+        """The version of ``name`` that ``alias`` points at; None when the model or the alias does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise TrackingError(f"MLflow at {self.shown} failed: {_short(exc)}", transient=_unreachable(exc)) from exc
+        except _store_errors() as exc:
+            raise TrackingError(f"MLflow at {self.shown} failed: {_short(exc)}", transient=_unreachable(exc)) from exc
+        return _version_record(mv)
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._call(lambda: self.client.set_model_version_tag(name, version, key, value))
+
+    def model_version(self, name: str, version: str) -> ModelVersionRecord:
+        return _version_record(self._call(lambda: self.client.get_model_version(name, version)))
+
+    def model_versions(self, name: str) -> list[ModelVersionRecord]:
+        """Every version of registered model ``name``, oldest first (none when it does not exist); one
+        search, so without their aliases (see :meth:`alias_version`)."""
+        found = self._call(lambda: self.client.search_model_versions(f"name = '{_quote(name)}'"))
+        return sorted((_version_record(mv) for mv in found), key=lambda v: int(v.version))
+
+    def run_versions(self, name: str, run_id: str) -> list[ModelVersionRecord]:
+        """The versions of ``name`` registered from run ``run_id``, oldest first."""
+        found = self._call(
+            lambda: self.client.search_model_versions(f"name = '{_quote(name)}' and run_id = '{run_id}'")
+        )
+        # a search leaves the aliases out: read each version (a run has one, rarely more)
+        return [self.model_version(name, v) for v in sorted((str(mv.version) for mv in found), key=int)]
 
     # ------------------------------------------------------------------ reading back
 

@@ -190,3 +190,31 @@ def test_ui_says_its_url_once_it_answers_and_sigterm_stops_its_server(tmp_path: 
     time.sleep(1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()  # nothing left listening
+
+
+def test_promote_moves_champion_and_refuses_other_data_with_the_fix(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.adapters.mlflow_tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
+    )
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = []
+    for data in ("a.dir", "b.dir"):
+        run_id = tracker.start_run("x", data, tags={}, params={})
+        version = tracker.register_version("x", (tmp_path / data).as_uri(), run_id, {"trainyard.data_hash": data})
+        tracker.set_alias("x", "candidate", version)
+        runs.append(run_id)
+    assert main(["promote", "--params", str(params), runs[0]]) == 0
+    assert "x version 1 is champion now" in capsys.readouterr().out
+    assert main(["promote", "--params", str(params), "candidate"]) == 2  # version 2: trained on b.dir
+    err = capsys.readouterr().err
+    assert "b.dir" in err and "a.dir" in err and "--force" in err and "Traceback" not in err
+    assert main(["promote", "--params", str(params), "candidate", "--force"]) == 0
+    assert tracker.alias_version("x", "champion").run_id == runs[1]  # type: ignore[union-attr]
+    # an alias stands for its run where a run id is expected; a typo says what is valid
+    assert main(["reproduce", "--params", str(params), "chmpion"]) == 2
+    assert "neither an MLflow run id" in capsys.readouterr().err

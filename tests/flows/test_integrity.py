@@ -67,7 +67,7 @@ def test_no_password_of_any_url_is_written_anywhere(
     assert "ci:***@127.0.0.1" in (tmp_path / "cli.log").read_text(errors="replace")
     tracker = Tracker(killable_mlflow.uri)
     [run] = tracker.search_runs("bad-days")
-    assert run.params["data.endpoint_url"] == "http://key:***@127.0.0.1:9"
+    assert run.tags["trainyard.params.data.endpoint_url"] == "http://key:***@127.0.0.1:9"
     # everything the run wrote: MLflow's store and artifacts, the run dir, the stage cache, Prefect's
     # database, the logs and the console
     holders = [p for p in tmp_path.rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]

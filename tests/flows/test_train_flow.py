@@ -71,10 +71,14 @@ def test_exactly_one_run_with_params_as_in_params_yaml(trained: dict) -> None:
     assert [r.run_id for r in runs] == [trained["result"].run_id]
     run = runs[0]
     assert run.status == "FINISHED"
-    expected = load_params(trained["params"], ["train.epochs=2"]).flat()
-    # Only our flattened params: Ultralytics' own MLflow callback would have added bare
-    # keys like "epochs" or a second run in an experiment of its own.
-    assert run.params == expected
+    params = load_params(trained["params"], ["train.epochs=2"])
+    # The params table holds the Ultralytics arguments under their own names, nothing else (Ultralytics'
+    # own MLflow callback would add its trainer's ~100 args, or a second run in an experiment of its own)
+    assert run.params == params.mlflow_params()
+    assert run.params["epochs"] == "2" and run.params["model"] == "yolo11n.yaml" and "data.source" not in run.params
+    # trainyard's own settings are tags, out of the way of the comparison
+    assert run.tags["trainyard.params.stage.root"] == str(trained["work"] / "stage")
+    assert {k for k in run.tags if k.startswith("trainyard.params.")} == set(params.settings_tags())
     # Ultralytics names its experiment after `project` (our runs/ folder) or /Shared/Ultralytics.
     names = {e.name for e in tracker.client.search_experiments()}
     assert not [n for n in names if "/" in n or "ultralytics" in n.lower()], names
@@ -87,7 +91,11 @@ def test_every_epoch_logged_with_step_equal_epoch(trained: dict) -> None:
         steps = [step for step, _ in tracker.metric_history(run_id, key)]
         assert steps == [1, 2], f"{key}: {steps}"
     final = tracker.get_run(run_id).metrics
-    assert "final/mAP50" in final and "final/mAP50-95" in final
+    metrics_json = json.loads((Path(trained["result"].run_dir) / "metrics.json").read_text())
+    # best.pt's values, under metrics.json's names, logged once at the last epoch
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "epochs"):
+        assert final[key] == pytest.approx(metrics_json[key]), key
+        assert tracker.metric_history(run_id, key) == [(2, final[key])], key
 
 
 def test_artifacts_weights_results_plots_and_resolved_params(trained: dict) -> None:
@@ -174,3 +182,35 @@ def test_the_runs_table_can_tell_runs_apart(trained: dict) -> None:
     assert tracker.datasets(result.run_id) == [("data", run.tags["trainyard.data_hash"])]
     system = [k for k in run.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+
+
+def test_best_pt_is_a_registered_pyfunc_model_with_alias_candidate(trained: dict) -> None:
+    import mlflow
+    import pandas as pd
+
+    tracker: Tracker = trained["tracker"]
+    run_id = trained["result"].run_id
+    run = tracker.client.get_run(run_id)
+    assert run.outputs.model_outputs, "the run has no logged model (the runs table's Models column)"
+    [version] = tracker.run_versions("flow-test", run_id)  # named after the experiment
+    assert "candidate" in version.aliases
+    assert version.tags["trainyard.data_hash"] == run.data.tags["trainyard.data_hash"]
+    assert version.tags["trainyard.key"] == run.data.tags["trainyard.key"]
+    assert float(version.tags["trainyard.mAP50-95"]) == pytest.approx(run.data.metrics["mAP50-95"], abs=1e-5)
+    assert run.data.tags["trainyard.model_version"] == f"flow-test/{version.version}"
+    # the logged model names its version: the runs table's Models column shows "flow-test v1" from it
+    logged = tracker.client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    linked = json.loads(logged.tags["mlflow.modelVersions"])
+    assert [(e["name"], str(e["version"])) for e in linked] == [("flow-test", version.version)]
+    assert tracker.alias_version("flow-test", "champion") is None  # promote: manual
+
+    mlflow.set_tracking_uri(tracker.uri)
+    model = mlflow.pyfunc.load_model("models:/flow-test@candidate")
+    assert model.metadata.signature.inputs.input_names() == ["image"]
+    images = sorted((trained["data"] / "images" / "val").iterdir())[:2]
+    out = model.predict(pd.DataFrame({"image": [str(p) for p in images]}), params={"conf": 0.001})
+    assert list(out.columns) == ["image", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
+    assert set(out["image"]) <= {0, 1} and (out["confidence"] >= 0.001).all()
+    # the input example MLflow stored (base64 PNG) is a valid input
+    example = model.input_example
+    assert isinstance(model.predict(example), pd.DataFrame)

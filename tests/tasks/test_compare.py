@@ -15,7 +15,7 @@ from tests.conftest import write_params
 def _run(run_id: str, name: str, lr0: str, mAP: float) -> RunRecord:
     params = {"train.lr0": lr0, "train.epochs": "5", "data.source": f"/data/{run_id}"}
     tags = {"trainyard.data_hash": "6db155e7e2f5.dir", "trainyard.params_hash": run_id * 4}
-    return RunRecord(run_id, name, "FINISHED", "1", params, tags, {"final/mAP50-95": mAP, "final/mAP50": mAP * 2})
+    return RunRecord(run_id, name, "FINISHED", "1", params, tags, {"mAP50-95": mAP, "mAP50": mAP * 2})
 
 
 def test_only_params_that_differ_are_columns() -> None:
@@ -25,7 +25,7 @@ def test_only_params_that_differ_are_columns() -> None:
     assert "lr0" in text.splitlines()[0] and "epochs" not in text.splitlines()[0]
     assert "0.3100" in text and "yolo11n ep5 lr0=0.01" in text and "aaaa1111" in text
     side = compare_table(runs)
-    assert "train.lr0" in side and "final/mAP50-95" in side and "0.2500" in side
+    assert "train.lr0" in side and "mAP50-95" in side and "0.2500" in side
 
 
 def test_the_commands_read_a_real_store(
@@ -39,7 +39,7 @@ def test_the_commands_read_a_real_store(
     ids = []
     for lr0, score in (("0.01", 0.4), ("0.002", 0.3)):
         run_id = tracker.start_run("cmp", f"yolo11n ep2 lr0={lr0}", tags={}, params={"train.lr0": lr0})
-        tracker.log_metrics(run_id, {"final/mAP50-95": score}, step=2)
+        tracker.log_metrics(run_id, {"mAP50-95": score}, step=2)
         tracker.end_run(run_id)
         ids.append(run_id)
     assert main(["runs", "--params", str(params)]) == 0

@@ -107,7 +107,14 @@ def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
     assert params.data.source == "data/demo"
     assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
     assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
-    assert asdict(params.tracking) == {"uri": None, "experiment": "trainyard", "run_name": None, "wait": 60}
+    assert asdict(params.tracking) == {
+        "uri": None,
+        "experiment": "trainyard",
+        "run_name": None,
+        "wait": 60,
+        "registered_model": None,
+        "promote": "manual",
+    }
 
 
 def test_null_sections_count_as_empty(tmp_path: Path) -> None:
@@ -264,6 +271,32 @@ def test_runner_kind_must_be_a_known_runner(tmp_path: Path) -> None:
     assert str(path) in message
     assert "runner.kind = 'docker2'" in message
     assert "must be one of local" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("tracking.promote=always", "tracking.promote = 'always'"),
+        ("tracking.registered_model='  '", "tracking.registered_model"),
+    ],
+)
+def test_registry_settings_are_checked(tmp_path: Path, override: str, says: str) -> None:
+    message = load_error(write(tmp_path, typical()), (override,))
+    assert says in message
+    assert "manual or auto" in message or "registered model name" in message
+
+
+def test_registry_settings_default_to_the_experiment_and_manual_promotion(tmp_path: Path) -> None:
+    from tasks.registry import registry_plan
+
+    params = load_params(write(tmp_path, typical()), ("tracking.experiment=shapes", "train.imgsz=[96, 128]"))
+    plan = registry_plan(params)
+    assert plan is not None and (plan.model, plan.promote, plan.imgsz) == ("shapes", "manual", 128)
+    assert registry_plan(params, reproduction=True) is None  # a reproduction checks a model, it offers none
+    named = registry_plan(
+        load_params(write(tmp_path, typical()), ("tracking.registered_model=detector", "tracking.promote=auto"))
+    )
+    assert named is not None and (named.model, named.promote) == ("detector", "auto")
 
 
 @pytest.mark.parametrize("value", ["", "   "])

@@ -189,7 +189,7 @@ def test_train_flow_from_s3_records_the_data_version_and_no_secrets(
     result = train_flow(params_path=str(params), overrides=[f"data.source={url}"])
     run = Tracker(mlflow_server).get_run(result.run_id)
     assert run.tags["trainyard.data_hash"] == dvc_dir_md5(tiny_dataset)
-    assert run.tags["trainyard.data_source"] == url and run.params["data.source"] == url
+    assert run.tags["trainyard.data_source"] == url and run.tags["trainyard.params.data.source"] == url
     everything = " ".join([*run.params.values(), *run.tags.values(), Path(result.run_dir, "params.yaml").read_text()])
     assert secret not in everything and "AWS_SECRET" not in everything
 

@@ -116,3 +116,18 @@ def test_three_first_runs_on_a_fresh_store_do_not_race_its_migrations(tmp_path: 
     assert (
         len(Tracker(store).search_runs("e0") + Tracker(store).search_runs("e1") + Tracker(store).search_runs("e2")) == 3
     )
+
+
+def test_a_local_store_keeps_artifacts_beside_it_not_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, elsewhere = tmp_path / "store", tmp_path / "cwd"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns here
+    tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}")
+    run_id = tracker.start_run("x", "r", tags={}, params={})
+    (tmp_path / "note.txt").write_text("hi")
+    tracker.log_artifact(run_id, tmp_path / "note.txt")
+    assert list(elsewhere.iterdir()) == []
+    assert list((store / "mlartifacts").rglob("note.txt"))
