@@ -282,7 +282,10 @@ def _prefect_defaults() -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tasks.params import load_params
 
-    load_params(args.params, args.overrides).model_ref()  # a typo fails here, before Prefect starts its API
+    params = load_params(args.params, args.overrides)
+    params.model_ref()  # a typo fails here, before Prefect starts its API
+    if args.command == "run" and not args.force and _answered_up_to_date(params):
+        return 0
     _flow_session(args.params, args.command)
     from flows.train import train_flow  # imports Prefect: only for the commands that need it
 
@@ -291,22 +294,88 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = train_flow(
         params_path=args.params, overrides=[hide(o) for o in args.overrides], run_dir=args.run_dir, force=args.force
     )
-    m = result.metrics
+    _print_result(
+        result.outcome,
+        result.run_id,
+        result.run_name,
+        result.experiment,
+        result.metrics,
+        result.model_version,
+        result.run_dir,
+        result.tracking_uri,
+        result.run_url,
+    )
+    return 0
+
+
+def _answered_up_to_date(params: "Params") -> bool:
+    """Print the finished run that already trained on these inputs, without starting Prefect; False when
+    there is none, or when anything is unsure (the flow then decides, and reports any error properly)."""
+    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+    from tasks.evaluate import FINAL_METRICS
+    from tasks.redact import redact
+    from tasks.registry import describe_version
+    from tasks.run_finish import unfinished
+    from tasks.run_lease import RUN_DIR_TAG
+    from tasks.runners import make_runner
+    from tasks.stage import stage_from_params
+    from tasks.up_to_date import up_to_date_run
+
+    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
+    try:
+        if unfinished(params.base_dir):
+            return False  # runs an outage left open: the flow finishes them first
+        staged = stage_from_params(params)
+        tracker = Tracker(uri)
+        tracker.ping()
+        prior = up_to_date_run(params, tracker, staged, make_runner(params.runner.kind, params.container))
+        if prior is None:
+            return False
+        model_version = describe_version(tracker, prior.tags)
+    except TrainyardError:
+        return False
+    metrics = {
+        k.removeprefix("final/"): v for k, v in prior.metrics.items() if k.removeprefix("final/") in FINAL_METRICS
+    }
+    _print_result(
+        "up to date",
+        prior.run_id,
+        prior.name,
+        params.tracking.experiment,
+        metrics,
+        model_version,
+        prior.tags.get(RUN_DIR_TAG, ""),
+        redact(uri),
+        tracker.run_url(prior),
+    )
+    return True
+
+
+def _print_result(
+    outcome: str,
+    run_id: str,
+    run_name: str,
+    experiment: str,
+    m: dict[str, float | int],
+    model_version: str,
+    run_dir: str,
+    tracking_uri: str,
+    run_url: str,
+) -> None:
     print()
-    if result.outcome == "up to date":
+    if outcome == "up to date":
         print("up to date   same data, params and environment as this finished run; nothing trained (--force retrains)")
-    print(f"MLflow run   {result.run_id}  ({result.run_name}, experiment {result.experiment!r})")
+    print(f"MLflow run   {run_id}  ({run_name}, experiment {experiment!r})")
     print(f"mAP50        {m.get('mAP50', float('nan')):.4f}")
     print(f"mAP50-95     {m.get('mAP50-95', float('nan')):.4f}")
-    if result.model_version:
-        print(f"model        {result.model_version}  (trainyard promote {result.run_id} makes it the champion)")
-    print(f"run dir      {result.run_dir}")
-    print(f"tracking     {result.tracking_uri}")  # without a password (see tasks.redact)
-    if result.tracking_uri.startswith(("http://", "https://")):
-        print(f"open         {result.run_url}")
+    if model_version:
+        print(f"model        {model_version}  (trainyard promote {run_id} makes it the champion)")
+    print(f"run dir      {run_dir}")
+    print(f"tracking     {tracking_uri}")  # without a password (see tasks.redact)
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"open         {run_url}")
     else:
-        print(f"open the UI  trainyard ui   (then {result.run_url})")
-    return 0
+        print(f"open the UI  trainyard ui   (then {run_url})")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

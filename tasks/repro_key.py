@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from tasks.errors import TrackingError
 
@@ -88,9 +88,10 @@ UNCHANGED_IF_SAME = ("data_hash", "params_hash", "env_digest")
 COMPLETE_TAG = f"{TAG_PREFIX}complete"  # "true" on runs that trained every epoch and finished
 
 
-def same_inputs_filter(key: ReproKey) -> str:
-    """MLflow search filter for finished, complete runs trained on the same inputs as ``key``."""
-    values = asdict(key)
+def same_inputs_filter(key: "ReproKey | Mapping[str, object]") -> str:
+    """MLflow search filter for finished, complete runs trained on the same inputs as ``key`` (a key,
+    or just its :data:`UNCHANGED_IF_SAME` values)."""
+    values = asdict(key) if isinstance(key, ReproKey) else dict(key)
     clauses = [f"tags.`{TAG_PREFIX}{name}` = '{values[name]}'" for name in UNCHANGED_IF_SAME]
     clauses += [f"tags.`{COMPLETE_TAG}` = 'true'", "attributes.status = 'FINISHED'"]
     return " and ".join(clauses)

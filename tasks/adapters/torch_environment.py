@@ -1,14 +1,22 @@
 """The environment digest: which interpreter, packages and torch/CUDA build trained a model.
 
 Without Docker there is no image digest to pin, so the reproduction key records a digest
-of what the training interpreter actually has. It is computed by running this module
-with that interpreter (``python -m tasks.adapters.torch_environment``), so the flow never imports torch.
+of what the training interpreter has. It reads package metadata and torch's own
+``torch/version.py`` and never imports torch (importing it cost 2.8 s and 700 MiB per run).
+For the flow's own interpreter, the usual case, that happens in-process; another training
+interpreter runs this module (``python -m tasks.adapters.torch_environment``).
+
+cuDNN is identified by the ``nvidia-cudnn-*`` wheel that PyTorch's CUDA wheels install; a torch
+built against a system cuDNN (conda, source builds) records the torch build (its git commit)
+but not that library's version.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -42,15 +50,34 @@ def describe_interpreter() -> dict[str, Any]:
         # the project itself is covered by the code commit; its own version must not churn the digest
         "packages": {name: version for name, version in packages if name != "trainyard"},
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    except ImportError:
-        info["torch"] = None
+    info.update(_torch_build(info["packages"]))
     return info
+
+
+def _torch_build(packages: dict[str, str]) -> dict[str, Any]:
+    """torch's version, CUDA/ROCm build and commit from its ``version.py``, read as text (never imported)."""
+    try:
+        dist = metadata.distribution("torch")
+    except metadata.PackageNotFoundError:
+        return {"torch": None}
+    values: dict[str, Any] = {}
+    try:
+        tree = ast.parse(Path(str(dist.locate_file("torch/version.py"))).read_text())
+    except (OSError, SyntaxError):
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:  # `__version__ = '2.14.1+cu130'`, `cuda: Optional[str] = '13.0'`
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            values[target.id] = value.value
+    cudnn = sorted(v for k, v in packages.items() if k.startswith("nvidia-cudnn"))
+    return {
+        "torch": values.get("__version__", dist.version),
+        "cuda": values.get("cuda"),
+        "hip": values.get("hip"),
+        "torch_commit": values.get("git_version"),
+        "cudnn": cudnn[0] if cudnn else None,
+    }
 
 
 def digest_of(details: dict[str, Any]) -> str:
@@ -59,7 +86,11 @@ def digest_of(details: dict[str, Any]) -> str:
 
 
 def local_environment(python: str = sys.executable, timeout: float = 120) -> Environment:
-    """Describe the interpreter ``python`` by running this module in it."""
+    """Describe the interpreter ``python``: in-process when it is this one, else by running this module in it."""
+    # not resolved: every venv's python links to the same base interpreter, with other packages
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        details = describe_interpreter()
+        return Environment(kind="local", digest=digest_of(details), details=details)
     try:
         proc = subprocess.run(
             [python, "-m", "tasks.adapters.torch_environment"],

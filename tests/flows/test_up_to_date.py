@@ -22,8 +22,20 @@ def _summaries(flow_run_ids: list[str]) -> list[str]:
     return [by_run[i] for i in flow_run_ids]
 
 
+def _flow_run_count() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(limit=200))
+
+
 def test_unchanged_inputs_are_up_to_date_and_force_or_a_change_retrains(
-    tmp_path: Path, mlflow_server: str, prefect_api: None, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    mlflow_server: str,
+    prefect_api: None,
+    tiny_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from flows.train import train_flow
 
@@ -45,6 +57,15 @@ def test_unchanged_inputs_are_up_to_date_and_force_or_a_change_retrains(
     assert len(tracker.search_runs("up-to-date")) == 2, "an unchanged run must not open an MLflow run"
     [summary] = _summaries([str(again.state_details.flow_run_id)])
     assert "**up to date**" in summary and first.run_id in summary
+
+    # `trainyard run` answers the same before starting Prefect at all: no flow run, no Prefect API
+    from flows.cli import main
+
+    flow_runs = _flow_run_count()
+    assert main(["run", "--params", params, "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "up to date" in out and first.run_id in out and "mAP50-95" in out
+    assert _flow_run_count() == flow_runs
 
     changed = train_flow(params_path=params, overrides=["train.epochs=2", "train.lr0=0.003"])
     assert changed.outcome == "trained" and changed.run_id != first.run_id

@@ -116,3 +116,37 @@ def test_a_logged_models_version_link_is_written_once(tracker: Tracker, tmp_path
     tracker._link_version(model.model_id, MODEL, version)  # a repeated finish
     tags = tracker.client.get_logged_model(model.model_id).tags
     assert json.loads(tags["mlflow.modelVersions"]) == [{"name": MODEL, "version": int(version)}]
+
+
+@pytest.mark.slow
+def test_register_run_under_auto_promotes_only_a_better_model_on_the_same_data(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    """The flow's finish step (register_run) with ``promote: auto``, each run with its own weights file."""
+    from tasks.registry import RegistryPlan, register_run
+
+    plan = RegistryPlan(model=MODEL, promote="auto", imgsz=64)
+    notes: list[str] = []
+
+    def trained(score: float, data: str = "a.dir") -> str:
+        run_id = tracker.start_run("exp", f"run {score}", {"trainyard.data_hash": data, "trainyard.key": "k"}, {})
+        weights = tmp_path / run_id / "weights"
+        weights.mkdir(parents=True)
+        (weights / "best.pt").write_bytes(b"not a real checkpoint: only copied, never loaded here")
+        registration = register_run(
+            tracker, run_id, tmp_path / run_id, plan, {"mAP50-95": score, "epochs": 1}, notes.append
+        )
+        assert registration is not None
+        assert tracker.alias_version(MODEL, CANDIDATE).run_id == run_id  # type: ignore[union-attr]
+        return run_id
+
+    first = trained(0.30)
+    assert tracker.alias_version(MODEL, CHAMPION).run_id == first  # type: ignore[union-attr]  # none before
+    trained(0.25)  # worse
+    trained(0.90, data="b.dir")  # other data: not comparable
+    assert tracker.alias_version(MODEL, CHAMPION).run_id == first  # type: ignore[union-attr]
+    best = trained(0.35)
+    assert tracker.alias_version(MODEL, CHAMPION).run_id == best  # type: ignore[union-attr]
+    again = register_run(tracker, best, tmp_path / best, plan, {"mAP50-95": 0.35, "epochs": 1}, notes.append)
+    assert again is not None and again.version == "4" and len(tracker.model_versions(MODEL)) == 4  # no new version
+    assert tracker.get_run(best).tags["trainyard.model_version"] == f"{MODEL}/4"

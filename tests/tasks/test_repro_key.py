@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import json
+
 import pytest
 
 from tasks.adapters.torch_environment import describe_interpreter, digest_of
@@ -75,6 +77,26 @@ def test_environment_digest_is_stable_and_sees_package_changes() -> None:
     bumped = {**info, "packages": {**info["packages"], "ultralytics": "0.0.1"}}
     assert digest_of(bumped) != digest_of(info)
     assert "trainyard" not in info["packages"]  # the code is versioned by its commit instead
+
+
+def test_the_torch_build_is_read_without_importing_torch_and_matches_torch_itself() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from tasks.adapters.torch_environment import describe_interpreter; "
+        "info = describe_interpreter(); print(json.dumps([info, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    info, imported = json.loads(out)
+    assert imported is False  # seconds and ~700 MiB saved on every run
+    # contract: what version.py says is what torch reports once imported
+    import torch
+
+    assert (info["torch"], info["cuda"], info["hip"]) == (torch.__version__, torch.version.cuda, torch.version.hip)
+    assert info["torch_commit"] == torch.version.git_version
+    if torch.version.cuda:  # PyTorch's CUDA wheels bring cuDNN as a wheel: its version names the library
+        assert info["cudnn"] and str(torch.backends.cudnn.version())[:1] == info["cudnn"][:1]
 
 
 def test_environment_describes_the_training_interpreter(tmp_path: Path) -> None:

@@ -1,0 +1,140 @@
+"""What `trainyard run` costs over a bare Ultralytics training, and what its "up to date" answer costs.
+
+    .venv/bin/python bench/overhead.py [--epochs 3] [--pairs 2] [--out bench/overhead.md]
+
+Paired runs on the demo dataset, alternating so that load drifts hit both sides alike:
+- bare: ``YOLO("yolo11n.yaml").train(...)`` in a fresh interpreter with the arguments of
+  params.yaml (the same model, data, seed and settings: the same losses);
+- trainyard: ``trainyard run --force`` with the same params (stage, validate, key, one MLflow
+  run, the model registered, the Prefect flow with its temporary API).
+Then the no-op: ``trainyard run`` when a finished run has the same inputs, against
+``dvc repro`` with nothing to do in a one-stage DVC project. Reports medians of wall seconds,
+CPU seconds (user + system of the command and every child it waited for) and the command's
+peak RSS, with the machine's load average, as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchfacts import cpu_model, git_head  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+BARE = """
+import sys
+from ultralytics import YOLO
+YOLO("yolo11n.yaml").train(data=sys.argv[1], project=sys.argv[2], name="bare", exist_ok=True, epochs=int(sys.argv[3]),
+    imgsz=96, batch=8, device="cpu", workers=0, seed=0, deterministic=True, optimizer="AdamW", lr0=0.002,
+    warmup_epochs=1.0, mosaic=0.0, plots=True, verbose=False)
+"""
+
+
+def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall s, CPU s of the command and its children, peak RSS MiB of the largest of them)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, after.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--noop", type=int, default=3, help="repetitions of each no-op")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "overhead.md")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="trainyard-overhead-"))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "YOLO_CONFIG_DIR": str(work / "yolo"),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    params = work / "params.yaml"
+    params.write_text(
+        (REPO / "params.yaml").read_text().replace("  source: data/demo", f"  source: {REPO / 'data' / 'demo'}")
+    )
+    trainyard = [str(BIN / "trainyard"), "run", "--params", str(params), "--set", f"train.epochs={args.epochs}"]
+    # the staged copy's data.yaml is what both train on; staging it first keeps copying out of the pairs
+    staged = subprocess.run(
+        [str(BIN / "trainyard"), "stage", "--params", str(params), "--json"],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    data_yaml = Path(json.loads(staged.stdout.strip().splitlines()[-1])["path"]) / "data.yaml"
+
+    rows: dict[str, list[tuple[float, float, float]]] = {"bare": [], "trainyard": []}
+    for i in range(args.pairs):
+        order = ("bare", "trainyard") if i % 2 == 0 else ("trainyard", "bare")
+        for side in order:
+            if side == "bare":
+                cmd = [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), str(args.epochs)]
+            else:
+                cmd = [*trainyard, "--force"]
+            rows[side].append(measure(cmd, work, env))
+            print(side, [round(x, 1) for x in rows[side][-1]], flush=True)
+
+    noop = [measure(trainyard, work, env) for _ in range(args.noop)]
+    dvc = work / "dvc"
+    dvc.mkdir()
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=dvc, check=True)
+    (dvc / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=dvc, env=env, check=True)
+    dvc_noop = [measure([str(BIN / "dvc"), "repro"], dvc, env) for _ in range(args.noop)]
+
+    def med(values: list[tuple[float, float, float]], k: int) -> float:
+        return statistics.median(v[k] for v in values)
+
+    bare_w, ty_w = med(rows["bare"], 0), med(rows["trainyard"], 0)
+    bare_c, ty_c = med(rows["bare"], 1), med(rows["trainyard"], 1)
+    lines = [
+        f"# trainyard overhead ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"`.venv/bin/python bench/overhead.py --epochs {args.epochs} --pairs {args.pairs}` at {git_head(REPO)}; "
+        f"{cpu_model()}, {os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.2f}.",
+        "",
+        f"| {args.epochs}-epoch demo training (median of {args.pairs}) | wall s | CPU s | peak RSS MiB |",
+        "| --- | --- | --- | --- |",
+        f"| bare `YOLO(...).train()` | {bare_w:.1f} | {bare_c:.1f} | {med(rows['bare'], 2):.0f} |",
+        f"| `trainyard run --force` | {ty_w:.1f} | {ty_c:.1f} | {med(rows['trainyard'], 2):.0f} |",
+        f"| gap | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | |",
+        "",
+        f"| nothing to do (median of {args.noop}) | wall s | CPU s |",
+        "| --- | --- | --- |",
+        f"| `trainyard run` (up to date) | {med(noop, 0):.2f} | {med(noop, 1):.2f} |",
+        f"| `dvc repro` (one stage, unchanged) | {med(dvc_noop, 0):.2f} | {med(dvc_noop, 1):.2f} |",
+        f"| ratio | {med(noop, 0) / med(dvc_noop, 0):.1f}x | |",
+        "",
+        "Peak RSS is that of the largest process the command waited for (the training child, for both).",
+    ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
