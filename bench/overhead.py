@@ -2,20 +2,25 @@
 
     .venv/bin/python bench/overhead.py [--epochs 3] [--pairs 2] [--out bench/overhead.md]
 
-Paired runs on the demo dataset, alternating so that load drifts hit both sides alike:
+Rounds on the demo dataset, the order rotated each round so that load drifts hit every side alike:
 - bare: ``YOLO("yolo11n.yaml").train(...)`` in a fresh interpreter with the arguments of
   params.yaml (the same model, data, seed and settings: the same losses);
 - trainyard: ``trainyard run --force`` with the same params (stage, validate, key, one MLflow
-  run, the model registered, the Prefect flow with its temporary API).
-Then the no-op: ``trainyard run`` when a finished run has the same inputs, against
+  run, the model registered, the Prefect flow) against the shared background Prefect API, whose
+  CPU time during the command is added to the command's;
+- trainyard, ephemeral: the same with ``TRAINYARD_PREFECT_API=ephemeral`` (Prefect's temporary
+  server per command, as before the shared API).
+One unmeasured ``trainyard run --force`` first starts the shared API (its start is reported
+apart). Then the no-op: ``trainyard run`` when a finished run has the same inputs, against
 ``dvc repro`` with nothing to do in a one-stage DVC project. Reports medians of wall seconds,
-CPU seconds (user + system of the command and every child it waited for) and the command's
-peak RSS, with the machine's load average, as Markdown.
+CPU seconds (user + system of the command and every child it waited for) and peak RSS, with
+the machine's load average, as Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -55,21 +60,37 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, floa
     return wall, cpu, after.ru_maxrss / 1024
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its descendants (the shared API's server runs under it)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=3, help="rounds of bare / trainyard / ephemeral")
     ap.add_argument("--noop", type=int, default=3, help="repetitions of each no-op")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "overhead.md")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="trainyard-overhead-"))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI", "TRAINYARD_"))},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "YOLO_CONFIG_DIR": str(work / "yolo"),
+        "PREFECT_HOME": str(work / "prefect-home"),  # its own shared API, stopped at the end
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
     params = work / "params.yaml"
     params.write_text(
         (REPO / "params.yaml").read_text().replace("  source: data/demo", f"  source: {REPO / 'data' / 'demo'}")
@@ -86,15 +107,28 @@ def main() -> None:
     )
     data_yaml = Path(json.loads(staged.stdout.strip().splitlines()[-1])["path"]) / "data.yaml"
 
-    rows: dict[str, list[tuple[float, float, float]]] = {"bare": [], "trainyard": []}
+    ephemeral = {**env, "TRAINYARD_PREFECT_API": "ephemeral"}
+    start = time.perf_counter()
+    subprocess.run([*trainyard, "--force"], cwd=work, env=env, check=True, capture_output=True)
+    first_run = time.perf_counter() - start
+    api_pid = int(json.loads((work / "prefect-home" / "trainyard-api.json").read_text())["pid"])
+
+    sides = ("bare", "trainyard", "ephemeral")
+    rows: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
     for i in range(args.pairs):
-        order = ("bare", "trainyard") if i % 2 == 0 else ("trainyard", "bare")
-        for side in order:
+        for side in sides[i % 3 :] + sides[: i % 3]:
             if side == "bare":
-                cmd = [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), str(args.epochs)]
+                rows[side].append(
+                    measure(
+                        [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), str(args.epochs)], work, env
+                    )
+                )
+            elif side == "trainyard":
+                before = tree_cpu(api_pid)
+                wall, cpu, rss = measure([*trainyard, "--force"], work, env)
+                rows[side].append((wall, cpu + tree_cpu(api_pid) - before, rss))
             else:
-                cmd = [*trainyard, "--force"]
-            rows[side].append(measure(cmd, work, env))
+                rows[side].append(measure([*trainyard, "--force"], work, ephemeral))
             print(side, [round(x, 1) for x in rows[side][-1]], flush=True)
 
     noop = [measure(trainyard, work, env) for _ in range(args.noop)]
@@ -109,6 +143,7 @@ def main() -> None:
     def med(values: list[tuple[float, float, float]], k: int) -> float:
         return statistics.median(v[k] for v in values)
 
+    subprocess.run([str(BIN / "trainyard"), "prefect", "stop"], cwd=work, env=env, check=True, capture_output=True)
     bare_w, ty_w = med(rows["bare"], 0), med(rows["trainyard"], 0)
     bare_c, ty_c = med(rows["bare"], 1), med(rows["trainyard"], 1)
     lines = [
@@ -121,7 +156,13 @@ def main() -> None:
         "| --- | --- | --- | --- |",
         f"| bare `YOLO(...).train()` | {bare_w:.1f} | {bare_c:.1f} | {med(rows['bare'], 2):.0f} |",
         f"| `trainyard run --force` | {ty_w:.1f} | {ty_c:.1f} | {med(rows['trainyard'], 2):.0f} |",
-        f"| gap | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | |",
+        f"| `trainyard run --force`, ephemeral Prefect | {med(rows['ephemeral'], 0):.1f} | "
+        f"{med(rows['ephemeral'], 1):.1f} | {med(rows['ephemeral'], 2):.0f} |",
+        f"| gap (shared API) | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | |",
+        f"| gap (ephemeral) | +{med(rows['ephemeral'], 0) - bare_w:.1f} s | {med(rows['ephemeral'], 1) / bare_c:.2f}x | |",
+        "",
+        f"The first command started the shared Prefect API: {first_run:.1f} s in all (not in the medians); "
+        "the API's CPU time during each measured command is in its CPU column.",
         "",
         f"| nothing to do (median of {args.noop}) | wall s | CPU s |",
         "| --- | --- | --- |",

@@ -13,6 +13,7 @@ trainyard compare    runs side by side: differing params, reproduction key, fina
 trainyard sync       finish MLflow runs a tracking outage or a killed process left open
 trainyard promote    make a run's registered model version the champion (refuses other data unless --force)
 trainyard ui         open the MLflow UI on the configured tracking store
+trainyard prefect    status / stop of the background Prefect API that flow commands share
 
 Exit codes: tasks.errors.EXIT_CODES (the README's table).
 """
@@ -241,6 +242,10 @@ def _parser() -> argparse.ArgumentParser:
     with_params(sy)
     sy.set_defaults(func=_cmd_sync)
 
+    pf = sub.add_parser("prefect", help="the background Prefect API that trainyard commands share (status, stop)")
+    pf.add_argument("action", choices=("status", "stop"))
+    pf.set_defaults(func=_cmd_prefect)
+
     ui = sub.add_parser("ui", help="run the MLflow UI on the configured tracking store")
     with_params(ui)
     ui.add_argument("--port", type=int, default=5000)
@@ -249,10 +254,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flow_session(params_path: str, command: str) -> None:
-    """Before a flow runs: Prefect's settings, its full log to a file, and a quiet terminal."""
+def _flow_session(params_path: str, command: str, background_api: bool = True) -> None:
+    """Before a flow runs: Prefect's API (the background one, see flows.prefect_api) and settings, its full
+    log to a file, and a quiet terminal."""
     global _log_file
     _prefect_defaults()
+    if background_api:
+        from flows.prefect_api import ensure_api
+
+        ensure_api(lambda line: print(f"note: {line}", file=sys.stderr))
     from prefect.logging.configuration import ensure_logging_setup
 
     from flows.terminal import quiet_terminal, reap_orphaned_prefect_servers, start_log_file
@@ -585,7 +595,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     specs = select(read_deployments(path), args.deployment)  # a typo fails here, before Prefect starts
     if args.limit < 1:
         raise UsageError(f"--limit must be 1 or more, not {args.limit}")
-    _flow_session(str(path), "serve")
+    _flow_session(str(path), "serve", background_api=False)  # it is a long-lived process itself
     from flows.serve import build_deployments, serve_file
 
     for spec in specs:
@@ -688,6 +698,20 @@ def _sync(params: "Params", ping: bool = False) -> list[str]:
     notes: list[str] = []
     report = sync(tracker, params.base_dir, params.tracking.experiment, notes.append)
     return notes + report.lines()
+
+
+def _cmd_prefect(args: argparse.Namespace) -> int:
+    from flows.prefect_api import running_api, stop_api
+
+    if args.action == "status":
+        url = running_api()
+        print(f"Prefect API {url} (UI {url.removesuffix('/api')})" if url else "no background Prefect API is running")
+        return 0
+    pid = stop_api()
+    print(
+        f"stopped the background Prefect API (supervisor pid {pid})" if pid else "no background Prefect API was running"
+    )
+    return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ VENV_BIN = Path(sys.executable).parent
 TINY = DemoSpec(train_images=16, val_images=8, size=64, seed=1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Prefect's temporary server per command in every test, and in every command a test starts: a test
+    # must leave no background server behind. tests/flows/test_prefect_api.py tests the shared one.
+    os.environ.setdefault("TRAINYARD_PREFECT_API", "ephemeral")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

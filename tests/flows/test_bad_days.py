@@ -356,11 +356,16 @@ def test_an_unreachable_tracking_server_is_one_error_with_exit_4(tmp_path: Path,
 
 def test_reproducing_an_unknown_run_fails_once_without_retries(tmp_path: Path, tiny_dataset: Path) -> None:
     params = _project(tmp_path, tiny_dataset, None)
-    code, lines = _run_quick(tmp_path, "reproduce", "deadbeef", "--params", str(params))
+    unknown = "deadbeef" * 4  # the form of an MLflow run id, but no such run
+    code, lines = _run_quick(tmp_path, "reproduce", unknown, "--params", str(params))
     assert code == 4 and len(lines) <= 10, lines
-    assert any("deadbeef" in line for line in lines)
+    assert any(unknown in line for line in lines)
     log = _log_named(lines).read_text()
     assert "Retry" not in log and "retry" not in log.lower().replace("retry_", "")
+    # neither a run id nor an alias of the registered model: a usage error that says what is valid
+    code, lines = _run_quick(tmp_path, "reproduce", "deadbeef", "--params", str(params))
+    assert code == 2 and len(lines) <= 10, lines
+    assert any("neither an MLflow run id" in line and "champion" in line for line in lines), lines
 
 
 def test_exit_codes_are_one_table_in_the_readme() -> None:
