@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
+    from tasks.adapters.mlflow_tracking import Tracker
     from tasks.params import Params
 
 from tasks.errors import (
@@ -322,7 +323,7 @@ def _answered_up_to_date(params: "Params") -> bool:
     """Print the finished run that already trained on these inputs, without starting Prefect; False when
     there is none, or when anything is unsure (the flow then decides, and reports any error properly)."""
     from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
-    from tasks.evaluate import FINAL_METRICS
+    from tasks.evaluate import final_metrics
     from tasks.redact import redact
     from tasks.registry import describe_version
     from tasks.run_finish import unfinished
@@ -344,15 +345,12 @@ def _answered_up_to_date(params: "Params") -> bool:
         model_version = describe_version(tracker, prior.tags)
     except TrainyardError:
         return False
-    metrics = {
-        k.removeprefix("final/"): v for k, v in prior.metrics.items() if k.removeprefix("final/") in FINAL_METRICS
-    }
     _print_result(
         "up to date",
         prior.run_id,
         prior.name,
         params.tracking.experiment,
-        metrics,
+        final_metrics(prior.metrics),
         model_version,
         prior.tags.get(RUN_DIR_TAG, ""),
         redact(uri),
@@ -503,14 +501,22 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_promote(args: argparse.Namespace) -> int:
+def _tracker(params: "Params", ping: bool = True) -> "Tracker":
+    """The configured tracking store; ``ping``: fail with one clear line when its server is down."""
     from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
+    if ping:
+        tracker.ping()
+    return tracker
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
     from tasks.params import load_params
     from tasks.registry import promote, registered_model, resolve_run
 
     params = load_params(args.params, args.overrides)
-    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
-    tracker.ping()
+    tracker = _tracker(params)
     model = registered_model(params)
     run_id = resolve_run(tracker, model, args.run_id)
     result = promote(tracker, model, run_id, force=args.force)
@@ -521,13 +527,11 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 def _resolve_run_ref(args: argparse.Namespace) -> None:
     """`trainyard reproduce champion`: an alias of the registered model stands for the run it came from."""
-    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.params import load_params
     from tasks.registry import registered_model, resolve_run
 
     params = load_params(args.params, args.overrides)
-    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
-    resolved = resolve_run(tracker, registered_model(params), args.run_id)
+    resolved = resolve_run(_tracker(params, ping=False), registered_model(params), args.run_id)
     if resolved != args.run_id:
         print(f"{args.run_id} is run {resolved}")
         args.run_id = resolved
@@ -563,13 +567,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _reproduce_in_worktree(args: argparse.Namespace) -> int:
     """Run `trainyard reproduce` again, importing the recorded commit's code from a git worktree."""
     from tasks.adapters.git_dvc import code_root, worktree
-    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.params import load_params
     from tasks.repro_key import ReproKey
 
-    params = load_params(args.params, args.overrides)
-    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
-    commit = ReproKey.from_tags(Tracker(uri).get_run(args.run_id).tags, args.run_id).code_commit
+    tracker = _tracker(load_params(args.params, args.overrides), ping=False)
+    commit = ReproKey.from_tags(tracker.get_run(args.run_id).tags, args.run_id).code_commit
     if commit == "none":
         raise UsageError(f"run {args.run_id} was not made from a git checkout; --checkout has no commit to use")
     with worktree(code_root(), commit) as code:
@@ -656,13 +658,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.compare import runs_table
     from tasks.params import load_params
 
     params = load_params(args.params, args.overrides)
-    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
-    tracker.ping()
+    tracker = _tracker(params)
     runs = tracker.search_runs(params.tracking.experiment, newest_first=True, max_results=max(1, args.n))
     print(runs_table(runs))
     if runs:
@@ -671,13 +671,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.compare import compare_table
     from tasks.params import load_params
 
-    params = load_params(args.params, args.overrides)
-    tracker = Tracker(resolve_tracking_uri(params.tracking.uri, params.base_dir)[0])
-    tracker.ping()
+    tracker = _tracker(load_params(args.params, args.overrides))
     runs = [tracker.get_run(run_id) for run_id in args.run_ids]
     print(compare_table(runs))
     print()
@@ -688,13 +685,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _sync(params: "Params", ping: bool = False) -> list[str]:
     """Finish journaled runs and mark runs whose owner died KILLED; what was done, one line each."""
-    from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.run_finish import sync
 
-    uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
-    tracker = Tracker(uri)
-    if ping:
-        tracker.ping()
+    tracker = _tracker(params, ping)
     notes: list[str] = []
     report = sync(tracker, params.base_dir, params.tracking.experiment, notes.append)
     return notes + report.lines()

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.doctor import ensure_ready, format_table
-from tasks.evaluate import FINAL_METRICS
+from tasks.evaluate import final_metrics
 from tasks.errors import TrackingError, TrainingError, TrainyardError
 from tasks.params import Params, load_params, params_hash
 from tasks.redact import redact, redact_log_handlers, reveal
@@ -366,11 +366,7 @@ def _up_to_date(prior: RunRecord, key: ReproKey, params: Params, tracking_uri: s
         prior.run_id,
         url,
     )
-    metrics: dict[str, float | int] = {
-        k.removeprefix("final/"): v  # runs of earlier trainyard builds logged final/<name>
-        for k, v in prior.metrics.items()
-        if k.removeprefix("final/") in FINAL_METRICS
-    }
+    metrics = final_metrics(prior.metrics)
     publish_summary_task(
         _summary(
             "up to date",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from tasks.evaluate import FINAL_METRICS
+
 if TYPE_CHECKING:
     from tasks.adapters.mlflow_tracking import RunRecord
 
-FINAL = ("mAP50-95", "mAP50", "precision", "recall", "epochs")  # best.pt's, see tasks.evaluate.FINAL_METRICS
+FINAL = tuple(k for k in FINAL_METRICS if k != "best_epoch")  # best.pt's values, as logged
 IGNORED_PARAMS = ("data.source", "stage.root", "tracking.uri")  # where things are, not what trained
 
 

@@ -26,6 +26,12 @@ _FINAL_KEYS = {
 # same names as `dvc metrics show`.
 FINAL_METRICS = ("mAP50-95", "mAP50", "precision", "recall", "best_epoch", "epochs")
 
+
+def final_metrics(run_metrics: Mapping[str, float]) -> dict[str, float | int]:
+    """best.pt's final values among an MLflow run's metrics (runs of earlier builds logged ``final/<name>``)."""
+    return {k.removeprefix("final/"): v for k, v in run_metrics.items() if k.removeprefix("final/") in FINAL_METRICS}
+
+
 # Ultralytics' Metric.fitness weights, keyed by the results.csv column of each weighted metric.
 # Copied, not imported: ultralytics pulls in torch and this runs in the flow process;
 # tests/tasks/test_evaluate.py compares them with the installed package.

@@ -237,12 +237,6 @@ class Params:
             name: copy.deepcopy(self.train) if name == "train" else asdict(getattr(self, name)) for name in SECTIONS
         }
 
-    def flat(self) -> dict[str, str]:
-        """``section.key`` -> string, for MLflow params (which are flat strings); no URL passwords."""
-        from tasks.redact import redact
-
-        return {k: redact(v) for k, v in flatten(self.as_dict()).items()}
-
     def mlflow_params(self) -> dict[str, str]:
         """The Ultralytics arguments under Ultralytics' own names (``lr0``, ``epochs``), as its own MLflow
         callback logs them: what the MLflow params table shows and compares. trainyard's own settings

@@ -60,7 +60,6 @@ class RegistryPlan:
 class Registration:
     model: str
     version: str
-    champion: bool  # this version is the champion now
     note: str  # one line for the log: what happened to the aliases and why
 
 
@@ -116,14 +115,14 @@ def register_run(
     tracker.set_tags(run_id, {VERSION_TAG: f"{plan.model}/{version}"})
     note = f"registered {plan.model} version {version} ({CANDIDATE})"
     if plan.promote != "auto":
-        return Registration(plan.model, version, _is_champion(tracker, plan.model, version), note)
+        return Registration(plan.model, version, note)
     champion = tracker.alias_version(plan.model, CHAMPION)
-    mine = _only(tracker.run_versions(plan.model, run_id), version)
+    mine = tracker.model_version(plan.model, version)
     reason = auto_promotion(mine, champion)
     if reason is None:
-        return Registration(plan.model, version, False, f"{note}; {CHAMPION} stays: {_why_not(mine, champion)}")
+        return Registration(plan.model, version, f"{note}; {CHAMPION} stays: {_why_not(mine, champion)}")
     tracker.set_alias(plan.model, CHAMPION, version)
-    return Registration(plan.model, version, True, f"{note}; now {CHAMPION}: {reason}")
+    return Registration(plan.model, version, f"{note}; now {CHAMPION}: {reason}")
 
 
 def auto_promotion(new: "ModelVersionRecord", champion: "ModelVersionRecord | None") -> str | None:
@@ -164,7 +163,7 @@ def promote(tracker: "Tracker", model: str, run_id: str, force: bool = False) ->
     new = versions[-1]
     champion = tracker.alias_version(model, CHAMPION)
     if champion is not None and champion.version == new.version:
-        return Registration(model, new.version, True, f"{model} version {new.version} already is {CHAMPION}")
+        return Registration(model, new.version, f"{model} version {new.version} already is {CHAMPION}")
     differs = champion is not None and champion.tags.get(DATA_TAG) != new.tags.get(DATA_TAG)
     if differs and not force:
         assert champion is not None
@@ -180,7 +179,7 @@ def promote(tracker: "Tracker", model: str, run_id: str, force: bool = False) ->
         tracker.set_version_tag(model, new.version, FORCED_TAG, f"data of version {champion.version}")
     tracker.set_alias(model, CHAMPION, new.version)
     before = f"was version {champion.version}" if champion else "there was none"
-    return Registration(model, new.version, True, f"{model} version {new.version} is {CHAMPION} now ({before})")
+    return Registration(model, new.version, f"{model} version {new.version} is {CHAMPION} now ({before})")
 
 
 def resolve_run(tracker: "Tracker", model: str, ref: str) -> str:
@@ -207,15 +206,6 @@ def resolve_run(tracker: "Tracker", model: str, ref: str) -> str:
 
 def looks_like_run_id(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
-
-
-def _is_champion(tracker: "Tracker", model: str, version: str) -> bool:
-    champion = tracker.alias_version(model, CHAMPION)
-    return champion is not None and champion.version == version
-
-
-def _only(versions: "list[ModelVersionRecord]", version: str) -> "ModelVersionRecord":
-    return next(v for v in versions if v.version == version)
 
 
 def _score(version: "ModelVersionRecord") -> float | None:

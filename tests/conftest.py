@@ -19,12 +19,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 import yaml
 
 from tasks.demo_data import DemoSpec, generate_demo_dataset
+
+if TYPE_CHECKING:
+    from tasks.adapters.mlflow_tracking import Tracker
 
 pytest_plugins = ["tests.s3server"]  # moto S3 server, fault proxy, AWS test environment
 
@@ -214,6 +217,33 @@ def flow_params(
         stage_root=tmp_path / "stage",
         **{"imgsz": 32, "plots": False, **train},
     )
+
+
+def like_a_users_machine(mp: pytest.MonkeyPatch, work: Path) -> None:
+    """Environment for an in-process flow run that sees what a user's machine would.
+
+    Ultralytics disables its own MLflow callback under pytest and reads the user's settings: the
+    training process gets a fresh config (integrations on) with pytest hidden from it. MLflow's
+    system metrics are sampled every second, so a seconds-long training has some.
+    """
+    (work / "ultralytics").mkdir(exist_ok=True)
+    mp.setenv("YOLO_CONFIG_DIR", str(work / "ultralytics"))
+    mp.delenv("PYTEST_CURRENT_TEST", raising=False)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+
+
+def local_store(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, experiment: str
+) -> tuple[Path, "Tracker"]:
+    """A params.yaml with the default local tracking store beside it, and a Tracker on that store."""
+    from tasks.adapters.mlflow_tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(
+        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment=experiment, stage_root=tmp_path / "stage"
+    )
+    return params, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def copy_dataset(src: Path, dest: Path) -> Path:

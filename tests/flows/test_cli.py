@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tests.conftest import copy_dataset, write_params
+from tests.conftest import copy_dataset, local_store, write_params
 
 
 def test_validate_lists_every_problem_with_file_and_line(
@@ -118,16 +118,11 @@ def test_sync_finishes_what_an_outage_left_and_says_so(
 ) -> None:
     import time
 
-    from tasks.adapters.mlflow_tracking import Tracker
     from tasks.run_finish import Unfinished, record_unfinished
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = write_params(
-        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
-    )
+    params, tracker = local_store(tmp_path, tiny_dataset, monkeypatch, "x")
     assert main(["sync", "--params", str(params)]) == 0
     assert "nothing to sync" in capsys.readouterr().out
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = tracker.start_run("x", "r", tags={}, params={})
     run_dir = tmp_path / "runs" / run_id
     run_dir.mkdir(parents=True)
@@ -195,13 +190,7 @@ def test_ui_says_its_url_once_it_answers_and_sigterm_stops_its_server(tmp_path: 
 def test_promote_moves_champion_and_refuses_other_data_with_the_fix(
     tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.adapters.mlflow_tracking import Tracker
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = write_params(
-        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="x", stage_root=tmp_path / "stage"
-    )
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params, tracker = local_store(tmp_path, tiny_dataset, monkeypatch, "x")
     runs = []
     for data in ("a.dir", "b.dir"):
         run_id = tracker.start_run("x", data, tags={}, params={})

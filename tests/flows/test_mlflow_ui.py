@@ -23,7 +23,7 @@ import pytest
 
 from tasks.adapters.git_dvc import dvc_dir_md5
 from tests.browser import INSTALL_HINT, browser_page, chromium_path, grow_to_content, save_screenshot
-from tests.conftest import REPO, copy_dataset, write_params
+from tests.conftest import REPO, copy_dataset, like_a_users_machine, write_params
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -86,12 +86,7 @@ def trained(
 
     mp = pytest.MonkeyPatch()
     work = tmp_path_factory.mktemp("ui")
-    # as in test_train_flow: a fresh Ultralytics config, pytest hidden from it, system metrics every second
-    (work / "ultralytics").mkdir()
-    mp.setenv("YOLO_CONFIG_DIR", str(work / "ultralytics"))
-    mp.delenv("PYTEST_CURRENT_TEST", raising=False)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    like_a_users_machine(mp, work)
     data = copy_dataset(tiny_dataset, work / "tiny")
     params = write_params(
         work / "params.yaml",

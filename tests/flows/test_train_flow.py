@@ -12,7 +12,7 @@ from tasks.errors import DatasetError, TrackingError
 from tasks.params import load_params, params_hash
 from tasks.adapters.mlflow_tracking import Tracker
 from tasks.adapters.git_dvc import code_version, dvc_dir_md5
-from tests.conftest import copy_dataset, free_port, write_params
+from tests.conftest import copy_dataset, free_port, like_a_users_machine, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, prefec
 
     mp = pytest.MonkeyPatch()
     work = tmp_path_factory.mktemp("flow")
-    # Ultralytics disables its own MLflow callback under pytest and reads the user's
-    # settings: give the training process a fresh config (integrations on) and hide
-    # pytest from it, so this test sees what a user's machine would do.
-    (work / "ultralytics").mkdir()
-    mp.setenv("YOLO_CONFIG_DIR", str(work / "ultralytics"))
-    mp.delenv("PYTEST_CURRENT_TEST", raising=False)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # samples within a seconds-long training
+    like_a_users_machine(mp, work)
     data = copy_dataset(tiny_dataset, work / "data")
     before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
     params = write_params(

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tasks.adapters.mlflow_tracking import RunRecord, Tracker
+from tasks.adapters.mlflow_tracking import RunRecord
 from tasks.compare import compare_table, differing_params, runs_table
-from tests.conftest import write_params
+from tests.conftest import local_store
 
 
 def _run(run_id: str, name: str, lr0: str, mAP: float) -> RunRecord:
@@ -31,11 +31,7 @@ def test_only_params_that_differ_are_columns() -> None:
 def test_the_commands_read_a_real_store(
     tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = write_params(
-        tmp_path / "params.yaml", tiny_dataset, tracking_uri=None, experiment="cmp", stage_root=tmp_path / "stage"
-    )
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params, tracker = local_store(tmp_path, tiny_dataset, monkeypatch, "cmp")
     ids = []
     for lr0, score in (("0.01", 0.4), ("0.002", 0.3)):
         run_id = tracker.start_run("cmp", f"yolo11n ep2 lr0={lr0}", tags={}, params={"train.lr0": lr0})

@@ -513,14 +513,13 @@ def test_override_into_a_section_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert "'runner'" in message and "not a mapping" in message
 
 
-def test_overrides_show_in_as_dict_and_flat(tmp_path: Path) -> None:
+def test_overrides_show_in_as_dict_and_in_what_mlflow_records(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, TYPICAL), ("train.epochs=3", "tracking.uri=http://x:5000"))
     tree = params.as_dict()
     assert tree["train"]["epochs"] == 3
     assert tree["tracking"]["uri"] == "http://x:5000"
-    flat = params.flat()
-    assert flat["train.epochs"] == "3"
-    assert flat["tracking.uri"] == "http://x:5000"
+    assert params.mlflow_params()["epochs"] == "3"
+    assert params.settings_tags()["trainyard.params.tracking.uri"] == "http://x:5000"
     assert yaml.safe_load(params.to_yaml()) == tree
 
 
@@ -529,7 +528,8 @@ def test_url_passwords_stay_out_of_what_a_run_records(tmp_path: Path) -> None:
         write(tmp_path, TYPICAL), ("tracking.uri=http://ci:s3cret@x:5000", "data.endpoint_url=http://k:pw@minio:9000")
     )
     assert params.tracking.uri == "http://ci:s3cret@x:5000"  # the client still gets it
-    assert params.flat()["tracking.uri"] == "http://ci:***@x:5000"
+    assert params.settings_tags()["trainyard.params.tracking.uri"] == "http://ci:***@x:5000"
+    assert params.settings_tags()["trainyard.params.data.endpoint_url"] == "http://k:***@minio:9000"
     assert "s3cret" not in params.to_yaml() and "pw@" not in params.to_yaml() and "k:***@minio" in params.to_yaml()
 
 
@@ -658,25 +658,28 @@ def test_missing_local_pt_model_is_a_params_error_not_a_download(tmp_path: Path)
         assert str(path.resolve()) in message
 
 
-# --------------------------------------------------------------------------- flat
+# --------------------------------------------------------------------------- what MLflow records
 
 
-def test_flat_keys_and_string_values(tmp_path: Path) -> None:
+def test_mlflow_params_and_settings_tags_are_flat_strings(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, with_train(imgsz=[96, 128], lr0=0.01)))
-    flat = params.flat()
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    assert flat["train.epochs"] == "40"
-    assert flat["train.lr0"] == "0.01"
-    assert flat["train.model"] == "yolo11n.yaml"
-    assert flat["train.device"] == "cpu"
-    assert flat["train.deterministic"] == "true"
-    assert flat["train.imgsz"] == "[96, 128]"
-    assert flat["stage.root"] == "null"
-    assert flat["tracking.uri"] == "null"
-    assert flat["data.source"] == "data/demo"
-    assert flat["runner.kind"] == "local"
-    expected_keys = {f"{s}.{k}" for s, body in params.as_dict().items() for k in body}
-    assert set(flat) == expected_keys
+    logged, tags = params.mlflow_params(), params.settings_tags()
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in {**logged, **tags}.items())
+    assert logged["epochs"] == "40"
+    assert logged["lr0"] == "0.01"
+    assert logged["model"] == "yolo11n.yaml"
+    assert logged["device"] == "cpu"
+    assert logged["deterministic"] == "true"
+    assert logged["imgsz"] == "[96, 128]"
+    assert tags["trainyard.params.stage.root"] == "null"
+    assert tags["trainyard.params.tracking.uri"] == "null"
+    assert tags["trainyard.params.data.source"] == "data/demo"
+    assert tags["trainyard.params.runner.kind"] == "local"
+    # every key of params.yaml is recorded once: train's as params, the others as tags
+    sections = params.as_dict()
+    assert set(logged) == set(sections["train"])
+    expected_tags = {f"trainyard.params.{s}.{k}" for s, body in sections.items() if s != "train" for k in body}
+    assert set(tags) == expected_tags
 
 
 def test_flatten_encodes_none_bools_lists_as_json_and_recurses() -> None:
