@@ -1,6 +1,6 @@
 """What `trainyard run` costs over a bare Ultralytics training, and what its "up to date" answer costs.
 
-    .venv/bin/python bench/overhead.py [--epochs 3] [--pairs 2] [--out bench/overhead.md]
+    .venv/bin/python bench/overhead.py [--epochs 3 10] [--pairs 3] [--out bench/overhead.md]
 
 Rounds on the demo dataset, the order rotated each round so that load drifts hit every side alike:
 - bare: ``YOLO("yolo11n.yaml").train(...)`` in a fresh interpreter with the arguments of
@@ -13,8 +13,9 @@ Rounds on the demo dataset, the order rotated each round so that load drifts hit
 One unmeasured ``trainyard run --force`` first starts the shared API (its start is reported
 apart). Then the no-op: ``trainyard run`` when a finished run has the same inputs, against
 ``dvc repro`` with nothing to do in a one-stage DVC project. Reports medians of wall seconds,
-CPU seconds (user + system of the command and every child it waited for) and peak RSS, with
-the machine's load average, as Markdown.
+CPU seconds (user + system of the command and every child it waited for), peak RSS (of the
+largest process, and of the command's own: the flow without its training child), the fixed and
+per-epoch cost from two epoch counts, with the machine's load average, as Markdown.
 """
 
 from __future__ import annotations
@@ -47,17 +48,26 @@ YOLO("yolo11n.yaml").train(data=sys.argv[1], project=sys.argv[2], name="bare", e
 """
 
 
-def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
-    """(wall s, CPU s of the command and its children, peak RSS MiB of the largest of them)."""
+def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float, float]:
+    """(wall s, CPU s of the command and its children, peak RSS MiB of the largest of them, peak RSS MiB
+    of the command's own process: the flow, apart from its training child)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    own = 0.0
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:  # VmHWM: the process's own high-water mark, gone once it exits
+            with contextlib.suppress(OSError, ValueError):
+                hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+                own = max(own, int(hwm.split()[1]) / 1024)
+            time.sleep(0.05)
+        output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss / 1024
+    return wall, cpu, after.ru_maxrss / 1024, own
 
 
 def tree_cpu(pid: int) -> float:
@@ -76,10 +86,13 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+Sample = tuple[float, float, float, float]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=3, help="rounds of bare / trainyard / ephemeral")
+    ap.add_argument("--epochs", type=int, nargs="+", default=[3, 10], help="epoch counts (two split fixed/per epoch)")
+    ap.add_argument("--pairs", type=int, default=3, help="rounds of bare / trainyard / ephemeral per epoch count")
     ap.add_argument("--noop", type=int, default=3, help="repetitions of each no-op")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "overhead.md")
     args = ap.parse_args()
@@ -95,7 +108,10 @@ def main() -> None:
     params.write_text(
         (REPO / "params.yaml").read_text().replace("  source: data/demo", f"  source: {REPO / 'data' / 'demo'}")
     )
-    trainyard = [str(BIN / "trainyard"), "run", "--params", str(params), "--set", f"train.epochs={args.epochs}"]
+
+    def trainyard(epochs: int) -> list[str]:
+        return [str(BIN / "trainyard"), "run", "--params", str(params), "--set", f"train.epochs={epochs}"]
+
     # the staged copy's data.yaml is what both train on; staging it first keeps copying out of the pairs
     staged = subprocess.run(
         [str(BIN / "trainyard"), "stage", "--params", str(params), "--json"],
@@ -109,29 +125,30 @@ def main() -> None:
 
     ephemeral = {**env, "TRAINYARD_PREFECT_API": "ephemeral"}
     start = time.perf_counter()
-    subprocess.run([*trainyard, "--force"], cwd=work, env=env, check=True, capture_output=True)
+    subprocess.run([*trainyard(1), "--force"], cwd=work, env=env, check=True, capture_output=True)
     first_run = time.perf_counter() - start
     api_pid = int(json.loads((work / "prefect-home" / "trainyard-api.json").read_text())["pid"])
 
     sides = ("bare", "trainyard", "ephemeral")
-    rows: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
-    for i in range(args.pairs):
-        for side in sides[i % 3 :] + sides[: i % 3]:
-            if side == "bare":
-                rows[side].append(
-                    measure(
-                        [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), str(args.epochs)], work, env
-                    )
-                )
-            elif side == "trainyard":
-                before = tree_cpu(api_pid)
-                wall, cpu, rss = measure([*trainyard, "--force"], work, env)
-                rows[side].append((wall, cpu + tree_cpu(api_pid) - before, rss))
-            else:
-                rows[side].append(measure([*trainyard, "--force"], work, ephemeral))
-            print(side, [round(x, 1) for x in rows[side][-1]], flush=True)
+    results: dict[int, dict[str, list[Sample]]] = {}
+    for epochs in args.epochs:
+        rows: dict[str, list[Sample]] = {side: [] for side in sides}
+        for i in range(args.pairs):
+            for side in sides[i % 3 :] + sides[: i % 3]:
+                if side == "bare":
+                    bare = [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), str(epochs)]
+                    rows[side].append(measure(bare, work, env))
+                elif side == "trainyard":
+                    before = tree_cpu(api_pid)
+                    wall, cpu, rss, own = measure([*trainyard(epochs), "--force"], work, env)
+                    rows[side].append((wall, cpu + tree_cpu(api_pid) - before, rss, own))
+                else:
+                    rows[side].append(measure([*trainyard(epochs), "--force"], work, ephemeral))
+                print(epochs, side, [round(x, 1) for x in rows[side][-1]], flush=True)
+        results[epochs] = rows
 
-    noop = [measure(trainyard, work, env) for _ in range(args.noop)]
+    last = args.epochs[-1]
+    noop = [measure(trainyard(last), work, env) for _ in range(args.noop)]
     dvc = work / "dvc"
     dvc.mkdir()
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
@@ -139,30 +156,50 @@ def main() -> None:
     (dvc / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
     subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=dvc, env=env, check=True)
     dvc_noop = [measure([str(BIN / "dvc"), "repro"], dvc, env) for _ in range(args.noop)]
+    subprocess.run([str(BIN / "trainyard"), "prefect", "stop"], cwd=work, env=env, check=True, capture_output=True)
 
-    def med(values: list[tuple[float, float, float]], k: int) -> float:
+    def med(values: list[Sample], k: int) -> float:
         return statistics.median(v[k] for v in values)
 
-    subprocess.run([str(BIN / "trainyard"), "prefect", "stop"], cwd=work, env=env, check=True, capture_output=True)
-    bare_w, ty_w = med(rows["bare"], 0), med(rows["trainyard"], 0)
-    bare_c, ty_c = med(rows["bare"], 1), med(rows["trainyard"], 1)
     lines = [
         f"# trainyard overhead ({time.strftime('%Y-%m-%d')})",
         "",
-        f"`.venv/bin/python bench/overhead.py --epochs {args.epochs} --pairs {args.pairs}` at {git_head(REPO)}; "
-        f"{cpu_model()}, {os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.2f}.",
+        f"`.venv/bin/python bench/overhead.py --epochs {' '.join(map(str, args.epochs))} --pairs {args.pairs}` "
+        f"at {git_head(REPO)}; {cpu_model()}, {os.cpu_count()} cores; load average at the end "
+        f"{os.getloadavg()[0]:.2f}.",
         "",
-        f"| {args.epochs}-epoch demo training (median of {args.pairs}) | wall s | CPU s | peak RSS MiB |",
-        "| --- | --- | --- | --- |",
-        f"| bare `YOLO(...).train()` | {bare_w:.1f} | {bare_c:.1f} | {med(rows['bare'], 2):.0f} |",
-        f"| `trainyard run --force` | {ty_w:.1f} | {ty_c:.1f} | {med(rows['trainyard'], 2):.0f} |",
-        f"| `trainyard run --force`, ephemeral Prefect | {med(rows['ephemeral'], 0):.1f} | "
-        f"{med(rows['ephemeral'], 1):.1f} | {med(rows['ephemeral'], 2):.0f} |",
-        f"| gap (shared API) | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | |",
-        f"| gap (ephemeral) | +{med(rows['ephemeral'], 0) - bare_w:.1f} s | {med(rows['ephemeral'], 1) / bare_c:.2f}x | |",
-        "",
+    ]
+    gaps: dict[int, float] = {}
+    for epochs, rows in results.items():
+        bare_w, ty_w, eph_w = (med(rows[s], 0) for s in sides)
+        bare_c, ty_c, eph_c = (med(rows[s], 1) for s in sides)
+        gaps[epochs] = ty_w - bare_w
+        lines += [
+            f"| {epochs}-epoch demo training (median of {args.pairs}) | wall s | CPU s | peak RSS MiB, "
+            "largest process | peak RSS MiB, the command's own process |",
+            "| --- | --- | --- | --- | --- |",
+            f"| bare `YOLO(...).train()` | {bare_w:.1f} | {bare_c:.1f} | {med(rows['bare'], 2):.0f} | "
+            f"{med(rows['bare'], 3):.0f} |",
+            f"| `trainyard run --force` | {ty_w:.1f} | {ty_c:.1f} | {med(rows['trainyard'], 2):.0f} | "
+            f"{med(rows['trainyard'], 3):.0f} |",
+            f"| `trainyard run --force`, ephemeral Prefect | {eph_w:.1f} | {eph_c:.1f} | "
+            f"{med(rows['ephemeral'], 2):.0f} | {med(rows['ephemeral'], 3):.0f} |",
+            f"| gap (shared API) | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | | |",
+            f"| gap (ephemeral) | +{eph_w - bare_w:.1f} s | {eph_c / bare_c:.2f}x | | |",
+            "",
+        ]
+    if len(gaps) >= 2:
+        (e1, g1), (e2, g2) = sorted(gaps.items())[0], sorted(gaps.items())[-1]
+        per_epoch = (g2 - g1) / (e2 - e1)
+        lines += [
+            f"Fixed and per-epoch cost (shared API), from the gaps at {e1} and {e2} epochs: "
+            f"**{g1 - per_epoch * e1:+.1f} s fixed, {per_epoch:+.2f} s per epoch**.",
+            "",
+        ]
+    lines += [
         f"The first command started the shared Prefect API: {first_run:.1f} s in all (not in the medians); "
-        "the API's CPU time during each measured command is in its CPU column.",
+        "the API's CPU time during each measured command is in its CPU column. The command's own process "
+        "is the flow (the training runs in a child); for bare, the training itself.",
         "",
         f"| nothing to do (median of {args.noop}) | wall s | CPU s |",
         "| --- | --- | --- |",
@@ -170,7 +207,6 @@ def main() -> None:
         f"| `dvc repro` (one stage, unchanged) | {med(dvc_noop, 0):.2f} | {med(dvc_noop, 1):.2f} |",
         f"| ratio | {med(noop, 0) / med(dvc_noop, 0):.1f}x | |",
         "",
-        "Peak RSS is that of the largest process the command waited for (the training child, for both).",
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

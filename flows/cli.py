@@ -325,12 +325,11 @@ def _answered_up_to_date(params: "Params") -> bool:
     from tasks.adapters.mlflow_tracking import Tracker, resolve_tracking_uri
     from tasks.evaluate import final_metrics
     from tasks.redact import redact
-    from tasks.registry import describe_version
     from tasks.run_finish import unfinished
     from tasks.run_lease import RUN_DIR_TAG
     from tasks.runners import make_runner
     from tasks.stage import stage_from_params
-    from tasks.up_to_date import up_to_date_run
+    from tasks.up_to_date import up_to_date
 
     uri, _ = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     try:
@@ -338,20 +337,19 @@ def _answered_up_to_date(params: "Params") -> bool:
             return False  # runs an outage left open: the flow finishes them first
         staged = stage_from_params(params)
         tracker = Tracker(uri)
-        tracker.ping()
-        prior = up_to_date_run(params, tracker, staged, make_runner(params.runner.kind, params.container))
-        if prior is None:
+        answer = up_to_date(params, tracker, staged, make_runner(params.runner.kind, params.container))
+        if answer is None:
             return False
-        model_version = describe_version(tracker, prior.tags)
     except TrainyardError:
         return False
+    prior = answer.run
     _print_result(
         "up to date",
         prior.run_id,
         prior.name,
         params.tracking.experiment,
         final_metrics(prior.metrics),
-        model_version,
+        answer.model_version,
         prior.tags.get(RUN_DIR_TAG, ""),
         redact(uri),
         tracker.run_url(prior),

@@ -33,6 +33,7 @@ from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_fro
 from tasks.summary import RunSummary
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
+from tasks.live_logging import live_logging
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
 
@@ -145,7 +146,8 @@ def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="train", cache_policy=NO_CACHE, retry_condition_fn=retry_if_resumable)
 def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) -> list[int]:
-    """Run the training; on a retry, resume from the run directory's last.pt into the same MLflow run.
+    """Run the training, its epochs and system metrics logged live; on a retry, resume from the run
+    directory's last.pt into the same MLflow run.
 
     Returns the epochs after which it resumed (empty when it ran straight through).
     """
@@ -160,7 +162,8 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
             tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, attempt.resumed_after))})
         job, resumed = attempt.job, attempt.resumed_after
     try:
-        runner.run(job, {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run_id}, logger.info)
+        with live_logging(Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning):
+            runner.run(job, {}, logger.info)
     except TrainingError as exc:
         exc.resumable = worth_retrying(exc.killed, Path(job.run_dir))
         raise

@@ -2,8 +2,8 @@
 
 A job is written as ``job.json`` into the run directory and read by the training process
 (``python -m tasks.adapters.ultralytics_trainer JOB.json``), in a child process or a container.
-The run directory then holds ``results.csv``, ``weights/last.pt`` and ``best.pt`` and
-``outcome.json``; the helpers here read those (a checkpoint without torch), decide whether a
+The run directory then holds ``results.csv``, ``epochs.jsonl``, ``weights/last.pt`` and
+``best.pt`` and ``outcome.json``; the helpers here read those (a checkpoint without torch), decide whether a
 killed training can resume, and trim what a resumed one would write twice.
 """
 
@@ -24,6 +24,11 @@ JOB_FILE = "job.json"
 JOB_ENV = "TRAINYARD_JOB"  # path of the job.json a trainer (DDP workers included) trains
 LAST = Path("weights") / "last.pt"
 PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed into place when complete
+# One JSON line per trained epoch, {"epoch": n, "metrics": {Ultralytics key: value}}, appended by the
+# training process after the epoch's checkpoint; the flow follows it into MLflow (tasks/live_logging.py).
+# results.csv holds the same numbers printed to 6 significant digits; this file holds them exactly,
+# which `trainyard reproduce` needs to call two trainings bit-identical.
+EPOCHS_FILE = "epochs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class TrainJob:
     args: dict[str, Any] = field(default_factory=dict)  # Ultralytics train arguments, verbatim
     stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
     resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
-    logged_through: int = 0  # epochs 1..N are already in the MLflow run: never log them again
+    logged_through: int = 0  # epochs 1..N are already in the MLflow run: never logged again (epochs.jsonl skips them)
 
     def write(self, path: Path) -> Path:
         # Fields at their default are left out: a job that needs nothing new stays readable by
@@ -202,6 +207,36 @@ def clear_training_outputs(run_dir: Path) -> None:
     (run_dir / "results.csv").unlink(missing_ok=True)
     (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "weights", ignore_errors=True)
+
+
+def append_epoch(run_dir: Path, epoch: int, metrics: dict[str, float]) -> None:
+    """Add one trained epoch to ``epochs.jsonl``: one write of one whole line, so a reader sees it all or not at all."""
+    line = json.dumps({"epoch": epoch, "metrics": metrics}, separators=(",", ":")) + "\n"
+    with (run_dir / EPOCHS_FILE).open("a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def read_epochs(path: Path, offset: int = 0) -> tuple[dict[int, dict[str, float]], int]:
+    """The epochs in an ``epochs.jsonl`` from byte ``offset`` on, and the offset after the last whole line.
+
+    A line still being written (no newline yet) waits for the next read; a line that is not
+    valid JSON is skipped. A later line for the same epoch wins.
+    """
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return {}, 0
+    end = data.rfind(b"\n") + 1
+    epochs: dict[int, dict[str, float]] = {}
+    for raw in data[:end].splitlines():
+        try:
+            entry = json.loads(raw)
+            epochs[int(entry["epoch"])] = {str(k): float(v) for k, v in entry["metrics"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return epochs, offset + end
 
 
 def trim_results(results_csv: Path, epochs: int) -> int:

@@ -26,6 +26,7 @@ from tasks.errors import UsageError
 from tasks.repro_key import TAG_PREFIX
 
 if TYPE_CHECKING:
+    from tasks.adapters.mlflow_lookup import StoreLookup
     from tasks.adapters.mlflow_tracking import ModelVersionRecord, Tracker
     from tasks.params import Params
 
@@ -76,12 +77,12 @@ def registry_plan(params: "Params", reproduction: bool = False) -> RegistryPlan 
     return RegistryPlan(model=registered_model(params), promote=params.tracking.promote, imgsz=int(size))
 
 
-def describe_version(tracker: "Tracker", run_tags: dict[str, str]) -> str:
+def describe_version(tracker: "Tracker | StoreLookup", run_tags: dict[str, str]) -> str:
     """``trainyard/3 (candidate, champion)`` for a run that registered a version, else ""."""
     model, _, version = run_tags.get(VERSION_TAG, "").rpartition("/")
     if not model:
         return ""
-    aliases = tracker.model_version(model, version).aliases
+    aliases = sorted(tracker.model_version(model, version).aliases)
     return f"{model}/{version} ({', '.join(aliases)})" if aliases else f"{model}/{version}"
 
 

@@ -88,13 +88,17 @@ UNCHANGED_IF_SAME = ("data_hash", "params_hash", "env_digest")
 COMPLETE_TAG = f"{TAG_PREFIX}complete"  # "true" on runs that trained every epoch and finished
 
 
-def same_inputs_filter(key: "ReproKey | Mapping[str, object]") -> str:
-    """MLflow search filter for finished, complete runs trained on the same inputs as ``key`` (a key,
-    or just its :data:`UNCHANGED_IF_SAME` values)."""
+def same_inputs_tags(key: "ReproKey | Mapping[str, object]") -> dict[str, str]:
+    """The tags a finished, complete run trained on the same inputs as ``key`` carries (a key, or
+    just its :data:`UNCHANGED_IF_SAME` values); with status FINISHED, they are the whole search."""
     values = asdict(key) if isinstance(key, ReproKey) else dict(key)
-    clauses = [f"tags.`{TAG_PREFIX}{name}` = '{values[name]}'" for name in UNCHANGED_IF_SAME]
-    clauses += [f"tags.`{COMPLETE_TAG}` = 'true'", "attributes.status = 'FINISHED'"]
-    return " and ".join(clauses)
+    return {**{f"{TAG_PREFIX}{name}": str(values[name]) for name in UNCHANGED_IF_SAME}, COMPLETE_TAG: "true"}
+
+
+def same_inputs_filter(key: "ReproKey | Mapping[str, object]") -> str:
+    """MLflow search filter for finished, complete runs trained on the same inputs as ``key``."""
+    clauses = [f"tags.`{name}` = '{value}'" for name, value in same_inputs_tags(key).items()]
+    return " and ".join([*clauses, "attributes.status = 'FINISHED'"])
 
 
 def trainyard_version() -> str:

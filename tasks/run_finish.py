@@ -60,9 +60,9 @@ def finish_run(
 
     if tracker.get_run(run_id).status != "RUNNING":  # marked KILLED while its server was away
         tracker.reopen_run(run_id)
-    backfilled = backfill_epochs(tracker, run_id, run_dir / "results.csv")
+    backfilled = backfill_epochs(tracker, run_id, run_dir)
     if backfilled:
-        warn(f"logged {backfilled} epoch(s) from results.csv that live logging missed")
+        warn(f"logged {backfilled} epoch(s) from {run_dir} that live logging missed")
     metrics = write_metrics(run_dir, run_dir / "metrics.json")
     tracker.log_metrics(run_id, metrics, step=int(metrics.get("epochs", 0)))  # named as in metrics.json
     weights = run_dir / "weights"

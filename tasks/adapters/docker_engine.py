@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -185,7 +184,7 @@ class DockerRunner:
             user = f"{os.getuid()}:{os.getgid()}"  # outputs belong to the user who ran trainyard
         else:
             os.chmod(run_dir, 0o777)  # the image's non-root user writes here; root keeps access
-        container_env, network = _container_env(env)
+        container_env = _container_env(env)
         kwargs: dict[str, Any] = dict(
             command=[str(job_path)],
             mounts=mounts,
@@ -198,8 +197,6 @@ class DockerRunner:
             kwargs["user"] = user
         if self.ipc:
             kwargs["ipc_mode"] = self.ipc
-        if network:
-            kwargs["network_mode"] = network
         requests = gpu_requests(self.gpus)
         if requests:
             kwargs["device_requests"] = [DeviceRequest(**r) for r in requests]
@@ -284,31 +281,15 @@ def has_nvidia_runtime(client: Any) -> bool:
     return "nvidia" in runtimes
 
 
-def _container_env(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
-    """The variables the training process needs; no AWS secrets ever enter the container.
+def _container_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables the training process needs (``env``: the runner's, on top); no AWS secrets and
+    no tracking credentials ever enter the container.
 
-    A tracking server on the host's loopback is reachable only with host networking; a
-    local SQLite store is not mounted (only data and outputs are), so live logging is
-    skipped and the flow logs every epoch from results.csv after training.
+    The training reaches nothing outside: it appends its epochs to epochs.jsonl in the mounted
+    run directory and the flow, on the host, logs them to MLflow (tasks/live_logging.py).
     """
     # No YOLO_CONFIG_DIR: the image's own (its ENV) holds the plot fonts Ultralytics would download.
-    out = {"YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
-    network = None
-    from tasks.adapters.mlflow_tracking import BOUNDED_HTTP
-
-    out.update({name: os.environ.get(name, value) for name, value in BOUNDED_HTTP.items()})
-    uri = env.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith(("http://", "https://")):
-        out["MLFLOW_TRACKING_URI"] = uri
-        if env.get("MLFLOW_RUN_ID"):
-            out["MLFLOW_RUN_ID"] = env["MLFLOW_RUN_ID"]
-        for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            if os.environ.get(name):
-                out[name] = os.environ[name]
-        host = urllib.parse.urlsplit(uri).hostname or ""
-        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
-            network = "host"
-    return out, network
+    return {**env, "YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
 
 
 def _short(exc: BaseException) -> str:

@@ -164,6 +164,26 @@ def _pinned(packages: Iterable[str]) -> list[str]:
     return out
 
 
+class _UncheckedPyfunc:
+    """``mlflow.pyfunc`` as a flavor for ``Model.log``, minus its check of the input example.
+
+    That check loads the model and predicts with it: torch and Ultralytics imported into the flow's
+    process (+700 MiB, about 3 s of every run, measured by bench/overhead.py) to re-prove code that is
+    the same for every run. The tests prove it instead (tests/flows/test_train_flow.py loads the
+    logged model and predicts). ``Model.log`` skips the check on ``validate_serving_input=False`` but
+    hands its kwargs on to the flavor, and pyfunc's ``save_model`` refuses unknown ones.
+    """
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(**kwargs: Any) -> Any:
+        import mlflow.pyfunc
+
+        kwargs.pop("validate_serving_input", None)
+        return mlflow.pyfunc.save_model(**kwargs)
+
+
 class Tracker:
     """A thin, typed wrapper over MlflowClient with errors that say what to do."""
 
@@ -331,9 +351,7 @@ class Tracker:
         """``weights`` (best.pt) as the run's MLflow model ``model``: a pyfunc that predicts boxes
         (tasks/adapters/yolo_pyfunc.py), with a signature and an input example; returns its models:/ URI.
 
-        MLflow checks the example by loading the model and predicting with it, here, once.
         """
-        import mlflow
         import pandas as pd
         from mlflow.models import Model
 
@@ -345,7 +363,7 @@ class Tracker:
                 lambda: Model.log(
                     artifact_path=None,
                     name="model",
-                    flavor=mlflow.pyfunc,
+                    flavor=_UncheckedPyfunc(),
                     run_id=run_id,
                     python_model=yolo_pyfunc.__file__,
                     artifacts={yolo_pyfunc.WEIGHTS: str(weights)},
@@ -354,6 +372,11 @@ class Tracker:
                     input_example=pd.DataFrame({yolo_pyfunc.INPUT_COLUMN: [_example_image()]}),
                     pip_requirements=_pinned(("mlflow", "ultralytics", "torch", "torchvision", "pandas", "pillow")),
                     step=step,
+                    # MLflow would load the model and predict on the example here: torch and
+                    # Ultralytics imported into the flow's process (+700 MiB, ~3 s per run) to
+                    # re-prove code that does not change between runs; the tests prove it instead
+                    # (tests/flows/test_train_flow.py loads the logged model and predicts with it)
+                    validate_serving_input=False,
                 )
             )
         return str(info.model_uri)
@@ -564,8 +587,8 @@ class EpochLogger:
     (1 s doubling to 15 s); later epochs queue behind it, so MLflow receives them in order once
     the server is back. A retry resends the very same Metric objects (same timestamps), which
     MLflow stores once even if the first try reached the server and only its answer was lost.
-    The queue is memory; the durable spool is the run's results.csv, from which the flow (or
-    `trainyard sync`) back-fills whatever is still unsent when the training ends.
+    The queue is memory; the durable spool is the run directory's epochs.jsonl (and results.csv),
+    from which the flow (or `trainyard sync`) back-fills whatever is still unsent when the training ends.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, say: Callable[[str], None]) -> None:
@@ -590,10 +613,14 @@ class EpochLogger:
         self._thread.join(timeout)
         with self._cond:
             left = [step for step, _ in self._queue]
+            # given up: the back-fill logs these with new timestamps, and a late resend of the
+            # same epoch would then be a second point at the same step
+            self._queue.clear()
+            self._cond.notify()
         if left:
             self.say(
-                f"MLflow at {self.tracker.shown} is still unreachable: epochs {left[0]}..{left[-1]} stay in "
-                "results.csv and are logged when the flow (or `trainyard sync`) reaches it"
+                f"MLflow at {self.tracker.shown} is still unreachable: epochs {left[0]}..{left[-1]} stay in the "
+                "run directory and are logged when the flow (or `trainyard sync`) reaches it"
             )
         return left
 
@@ -619,7 +646,8 @@ class EpochLogger:
                 delay = min(delay * 2, 15.0)
                 continue
             with self._cond:
-                self._queue.pop(0)
+                if self._queue:  # close() may have given the queue up while this one was in flight
+                    self._queue.pop(0)
                 waiting = len(self._queue)
             if self._down_since is not None:
                 self.say(
@@ -681,21 +709,28 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-def backfill_epochs(tracker: Tracker, run_id: str, results_csv: Path) -> int:
-    """Log every epoch of Ultralytics' results.csv that the run is missing; return how many.
+def backfill_epochs(tracker: Tracker, run_id: str, run_dir: Path) -> int:
+    """Log every epoch of ``run_dir`` that the run is missing; return how many.
 
-    The training process logs each epoch live, but a logging hiccup must never kill a
-    training, so the flow closes any gap from results.csv once training has ended.
+    Epochs come from epochs.jsonl (exact values), else from Ultralytics' results.csv (6
+    significant digits: a training that wrote no epochs.jsonl, or an epoch it could not record).
+    Live logging never holds up a training, so the flow closes any gap once training has ended.
     """
-    rows = read_results_csv(results_csv)
-    if not rows:
+    from tasks.job import EPOCHS_FILE, read_epochs
+
+    exact, _ = read_epochs(run_dir / EPOCHS_FILE)
+    rows = {
+        int(row["epoch"]): {k: v for k, v in row.items() if k != "epoch"}
+        for row in read_results_csv(run_dir / "results.csv")
+    }
+    epochs = {**rows, **exact}
+    if not epochs:
         return 0
-    probe = next(k for k in rows[0] if k != "epoch")
+    probe = next(iter(epochs[min(epochs)]))
     have = {step for step, _ in tracker.metric_history(run_id, probe)}
-    missing = [row for row in rows if int(row["epoch"]) not in have]
-    for row in missing:
-        step = int(row["epoch"])
-        tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
+    missing = sorted(e for e in epochs if e not in have)
+    for step in missing:
+        tracker.log_metrics(run_id, epochs[step], step=step)
     return len(missing)
 
 

@@ -7,21 +7,23 @@ the Docker runner can run the very same entry point (``python -m tasks.adapters.
 Tracking: Ultralytics switches on its own MLflow callback whenever mlflow is installed
 and the user's Ultralytics settings allow it; that callback opens its own run in its own
 experiment (named after ``project``), logs params that clash with ours and ends the
-active run. We remove it (and the other third-party integrations) from the trainer and
-log each epoch ourselves into the run the flow created, so there is exactly one run.
+active run. We remove it (and the other third-party integrations) from the trainer; the
+flow logs each epoch into the run it created, so there is exactly one run. This process never
+imports mlflow (seconds of start-up): it appends each epoch to ``epochs.jsonl`` in the run
+directory, exactly (results.csv rounds to 6 digits), and the flow follows that file.
 We do this per trainer instead of flipping Ultralytics' settings: a user who points
 $YOLO_CONFIG_DIR at their own settings keeps them, and settings persist across projects.
 
 Multi-GPU: with ``device: "0,1"`` Ultralytics trains in fresh interpreters started by
 ``torch.distributed.run``, which rebuild the trainer from its class (pickled by reference)
 and its ``args``; nothing of this process's memory reaches them. So the trainer is a
-module-level class that finds its job through $TRAINYARD_JOB and its MLflow run through
-$MLFLOW_TRACKING_URI / $MLFLOW_RUN_ID, the same way in one process or in a DDP worker.
+module-level class that finds its job through $TRAINYARD_JOB, the same way in one process
+or in a DDP worker; only rank 0 writes epochs.
 
 Resume: a killed training continues from ``weights/last.pt`` with Ultralytics' own resume.
 Per epoch Ultralytics appends the results.csv row, then saves last.pt, then fires
-``on_fit_epoch_end`` (where we log to MLflow). So every epoch MLflow holds is in last.pt,
-and resuming never logs an epoch twice; a row written after the last checkpoint is cut
+``on_fit_epoch_end`` (where we append to epochs.jsonl). So every epoch the file (and MLflow)
+holds is in last.pt, and resuming never logs an epoch twice; a row written after the last checkpoint is cut
 from results.csv before resuming, because that epoch is trained again.
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from tasks.job import (
+    EPOCHS_FILE,
     JOB_ENV,
     JOB_FILE,
     LAST,
@@ -44,6 +47,7 @@ from tasks.job import (
     PARTIAL_SUFFIX,
     TrainJob,
     TrainOutcome,
+    append_epoch,
     data_root,
     resumable_checkpoint,
     trim_results,
@@ -51,8 +55,6 @@ from tasks.job import (
 
 if TYPE_CHECKING:  # ultralytics costs seconds to import; only the training process needs it
     from ultralytics.models.yolo.detect import DetectionTrainer
-
-    from tasks.adapters.mlflow_tracking import EpochLogger
 
 # Ultralytics' callback modules whose callbacks trainyard removes from its trainers.
 _FOREIGN_CALLBACK_MODULES = (
@@ -96,9 +98,8 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     """Train (or, with ``job.resume``, continue) with Ultralytics; return what outcome.json says.
 
     ``job_path`` is the job.json ``job`` was read from (DDP workers read it too); without
-    one it is written to the run directory. Each finished epoch is logged to the MLflow run
-    named by $MLFLOW_TRACKING_URI / $MLFLOW_RUN_ID when both are set (step = epoch, 1-based),
-    from whichever process trains.
+    one it is written to the run directory. Each finished epoch is appended to the run
+    directory's epochs.jsonl (epoch 1-based), from whichever process trains.
     """
     from tasks.errors import TrainingError
 
@@ -109,6 +110,8 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
     for stale in (run_dir / "weights").glob(f"*{PARTIAL_SUFFIX}"):
         stale.unlink()
+    if not job.resume:  # a training from scratch: an earlier attempt's epochs are not this one's
+        (run_dir / EPOCHS_FILE).unlink(missing_ok=True)
     args = dict(job.args)
     model_ref = args.pop("model")
     if job.resume:
@@ -139,7 +142,7 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     _amp_check_never_downloads()
     from ultralytics import YOLO
 
-    with _environ(JOB_ENV, str(job_path)), _system_metrics():
+    with _environ(JOB_ENV, str(job_path)):
         YOLO(model_ref).train(trainer=trainer_class(), **kwargs)
     outcome = TrainOutcome.read(run_dir)
     if outcome is None:
@@ -179,7 +182,6 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             _callbacks: dict[str, list[Callable[..., Any]]] | None = None,
         ) -> None:
             self.trainyard_job = _job_from_env()
-            self.trainyard_sink = _mlflow_sink()
             self.trainyard_logged: set[int] = set()
             self.trainyard_final_eval = False
             super().__init__(cfg, overrides, _callbacks)
@@ -195,22 +197,17 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             super().run_callbacks(event)
 
         def train(self) -> None:
+            if not self.ddp or self.resume:
+                super().train()
+                return
+            # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
+            # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
+            # cannot remove). prepare_run_dir gave us a clean one.
+            self.resume = True
             try:
-                if not self.ddp or self.resume:
-                    super().train()
-                    return
-                # Ultralytics empties save_dir before a DDP launch unless it resumes; ours already
-                # holds job.json and data.yaml (and is a bind mount in a container, which rmtree
-                # cannot remove). prepare_run_dir gave us a clean one.
-                self.resume = True
-                try:
-                    super().train()
-                finally:
-                    self.resume = False
+                super().train()
             finally:
-                if self.trainyard_sink is not None:
-                    # bounded: an absent server costs seconds here; results.csv keeps what is unsent
-                    self.trainyard_sink.close(timeout=_FLUSH_TIMEOUT)
+                self.resume = False
 
         def save_model(self) -> bool:
             # Ultralytics overwrites last.pt in place: a kill mid-write would leave neither the
@@ -243,9 +240,6 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
     return TrainyardTrainer
 
 
-_FLUSH_TIMEOUT = 5.0  # seconds the training waits at its end for MLflow to take the last epochs
-
-
 def _job_from_env() -> TrainJob:
     path = os.environ.get(JOB_ENV)
     if not path:
@@ -256,27 +250,6 @@ def _job_from_env() -> TrainJob:
             "(run `python -m tasks.adapters.ultralytics_trainer JOB.json`)"
         )
     return TrainJob.read(Path(path))
-
-
-def _mlflow_sink() -> "EpochLogger | None":
-    from tasks.adapters.mlflow_tracking import RUN_ID_ENV, TRACKING_URI_ENV
-
-    run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
-    if not (run_id and uri) or not _is_main_rank():
-        return None
-    from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
-
-    return EpochLogger(Tracker(uri), run_id, lambda text: print(f"trainyard: {text}", file=sys.stderr, flush=True))
-
-
-def _system_metrics() -> contextlib.AbstractContextManager[None]:
-    """MLflow's system metrics for the run named by the environment, from the process that trains."""
-    from tasks.adapters.mlflow_tracking import RUN_ID_ENV, TRACKING_URI_ENV, system_metrics
-
-    run_id, uri = os.environ.get(RUN_ID_ENV), os.environ.get(TRACKING_URI_ENV)
-    if not (run_id and uri):
-        return contextlib.nullcontext()
-    return system_metrics(run_id, uri, lambda text: print(f"trainyard: {text}", file=sys.stderr, flush=True))
 
 
 def _is_main_rank() -> bool:
@@ -297,9 +270,6 @@ def _log_epoch(trainer: Any) -> None:
     if epoch in trainer.trainyard_logged or epoch <= job.logged_through:
         return
     trainer.trainyard_logged.add(epoch)
-    sink: EpochLogger | None = trainer.trainyard_sink
-    if sink is None:
-        return
     metrics = {
         **trainer.label_loss_items(trainer.tloss, prefix="train"),
         **(trainer.metrics or {}),
@@ -307,9 +277,9 @@ def _log_epoch(trainer: Any) -> None:
     }
     metrics.pop("fitness", None)
     try:
-        sink.put(epoch, {k: float(v) for k, v in metrics.items()})  # sent from a thread, never waits
-    except Exception as exc:  # tracking must never kill a training; the flow backfills
-        warnings.warn(f"trainyard: could not log epoch {epoch}: {exc}", stacklevel=1)
+        append_epoch(Path(job.run_dir), epoch, {k: float(v) for k, v in metrics.items()})
+    except (OSError, TypeError, ValueError) as exc:  # never kills a training: the flow backfills from results.csv
+        warnings.warn(f"trainyard: could not record epoch {epoch}: {exc}", stacklevel=1)
 
 
 def _write_outcome(trainer: Any) -> None:

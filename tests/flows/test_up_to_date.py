@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,17 @@ def test_unchanged_inputs_are_up_to_date_and_force_or_a_change_retrains(
     out = capsys.readouterr().out
     assert "up to date" in out and first.run_id in out and "mAP50-95" in out
     assert _flow_run_count() == flow_runs
+    # ... and without mlflow, Prefect, torch or Ultralytics in the process (seconds of start-up each)
+    probe = (
+        "import sys; from flows.cli import main; code = main(sys.argv[1:]);"
+        "print('imported:', [m for m in ('mlflow', 'prefect', 'torch', 'ultralytics') if m in sys.modules]);"
+        "sys.exit(code)"
+    )
+    cmd = [sys.executable, "-c", probe, "run", "--params", params, "--set", "train.epochs=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: []" in proc.stdout
+    assert "up to date" in proc.stdout and first.run_id in proc.stdout
 
     changed = train_flow(params_path=params, overrides=["train.epochs=2", "train.lr0=0.003"])
     assert changed.outcome == "trained" and changed.run_id != first.run_id

@@ -9,6 +9,7 @@ import pytest
 
 from tasks.errors import TrackingError
 from tasks.adapters.mlflow_tracking import Tracker, backfill_epochs, metric_name, read_results_csv, resolve_tracking_uri
+from tasks.job import append_epoch
 from tests.conftest import free_port
 
 RESULTS = """\
@@ -45,9 +46,11 @@ def test_backfill_logs_exactly_the_missing_epochs(tmp_path: Path, mlflow_server:
     run_id = tracker.start_run("track-test", "backfill", tags={"t": "1"}, params={"train.epochs": "3"})
     tracker.log_metrics(run_id, {"train/box_loss": 3.1, "metrics/mAP50(B)": 0.01, "lr/pg0": 0.001}, step=1)
     (tmp_path / "results.csv").write_text(RESULTS)
-    assert backfill_epochs(tracker, run_id, tmp_path / "results.csv") == 2
-    assert tracker.metric_history(run_id, "metrics/mAP50(B)") == [(1, 0.01), (2, 0.05), (3, 0.10)]
-    assert backfill_epochs(tracker, run_id, tmp_path / "results.csv") == 0  # idempotent
+    # epochs.jsonl holds epoch 3 exactly; results.csv rounds it to 6 digits (and is all there is of epoch 2)
+    append_epoch(tmp_path, 3, {"train/box_loss": 2.7000000001, "metrics/mAP50(B)": 0.1000000003, "lr/pg0": 0.003})
+    assert backfill_epochs(tracker, run_id, tmp_path) == 2
+    assert tracker.metric_history(run_id, "metrics/mAP50(B)") == [(1, 0.01), (2, 0.05), (3, 0.1000000003)]
+    assert backfill_epochs(tracker, run_id, tmp_path) == 0  # idempotent
     tracker.end_run(run_id)
     record = tracker.get_run(run_id)
     assert record.status == "FINISHED" and record.params == {"train.epochs": "3"} and record.name == "backfill"

@@ -1,4 +1,5 @@
-"""tasks.adapters.ultralytics_trainer: a killed training resumes from last.pt into the same MLflow run; the DDP argument path on CPU."""
+"""tasks.adapters.ultralytics_trainer: a killed training resumes from last.pt into the same MLflow run (its epochs
+followed from epochs.jsonl, as the flow does); the DDP argument path on CPU."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from tasks.demo_data import generate_demo_dataset
 from tasks.errors import ParamsError, TrainingError
 from tasks.evaluate import write_metrics
 from tasks.params import load_params
-from tasks.adapters.mlflow_tracking import Tracker, backfill_epochs, read_results_csv
+from tasks.adapters.mlflow_tracking import EpochLogger, Tracker, backfill_epochs, read_results_csv
 from tasks.adapters.ultralytics_trainer import train_yolo
-from tasks.job import JOB_FILE, LAST, TrainJob, TrainOutcome, resume_point, trim_results
+from tasks.job import EPOCHS_FILE, JOB_FILE, LAST, TrainJob, TrainOutcome, read_epochs, resume_point, trim_results
+from tasks.live_logging import EpochFollower
 from tests.conftest import REPO, TINY
 
 ARGS = {
@@ -37,7 +39,7 @@ ARGS = {
 }
 
 # The training entry point, SIGKILLed right after epoch 2's checkpoint is written and before
-# that epoch reaches MLflow: the latest point in an epoch a kill can hit.
+# that epoch is recorded for MLflow: the latest point in an epoch a kill can hit.
 KILL_AFTER_SAVING_EPOCH_2 = """
 import os, runpy, signal, sys
 from ultralytics.utils.callbacks.base import default_callbacks
@@ -86,8 +88,10 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_dir = root / "run"
     run_dir.mkdir()
     job = TrainJob(run_dir=str(run_dir), data_yaml=str(data / "data.yaml"), args=ARGS)
-    env = child_env(root, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id)
+    env = child_env(root, MLFLOW_TRACKING_URI=uri)  # as in a user's shell: Ultralytics' callback would log there
+    follower = EpochFollower(EpochLogger(tracker, run_id, print), run_dir, poll=0.2).start()  # as the flow does
     proc = train(job, env, KILL_AFTER_SAVING_EPOCH_2)
+    assert follower.stop(timeout=30) == []
     assert proc.returncode == -9, proc.stdout[-3000:] + proc.stderr[-3000:]
     shutil.copytree(run_dir, root / "copy")
     return {
@@ -110,7 +114,8 @@ def test_a_killed_training_resumes_into_the_same_run_without_gaps_or_duplicates(
     csv = run_dir / "results.csv"
     assert resume_point(run_dir) == 2
     assert [r["epoch"] for r in read_results_csv(csv)] == [1, 2]
-    assert steps(tracker, run_id, "train/box_loss") == [1]  # epoch 2 was saved, not yet logged
+    assert sorted(read_epochs(run_dir / EPOCHS_FILE)[0]) == [1]  # epoch 2 was saved, not yet recorded
+    assert steps(tracker, run_id, "train/box_loss") == [1]
 
     # What a kill between Ultralytics' results.csv append and its checkpoint leaves: a row for
     # an epoch last.pt does not hold, a line cut short, and a half-written checkpoint beside it.
@@ -119,18 +124,24 @@ def test_a_killed_training_resumes_into_the_same_run_without_gaps_or_duplicates(
         f.write(",".join(["3"] + ["999"] * (header.count(","))) + "\n4,0.5,")
     (run_dir / "weights" / "last.pt.partial").write_bytes(b"PK\x03\x04 cut short")
 
-    proc = train(replace(killed["job"], resume=True), killed["env"])
+    follower = EpochFollower(EpochLogger(tracker, run_id, print), run_dir, logged_through=1, poll=0.2).start()
+    proc = train(replace(killed["job"], resume=True, logged_through=1), killed["env"])
+    assert follower.stop(timeout=30) == []
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exact = read_epochs(run_dir / EPOCHS_FILE)[0]
+    assert sorted(exact) == [1, 3, 4]  # epoch 2 is in last.pt and results.csv only
+    assert steps(tracker, run_id, "train/box_loss") == [1, 3, 4]  # followed live, as the flow does
 
     rows = read_results_csv(csv)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert 999 not in rows[2].values()
-    # epoch 2 reached last.pt but not MLflow; the flow's backfill closes exactly that gap
-    assert backfill_epochs(tracker, run_id, csv) == 1
+    # epoch 2 reached last.pt but not MLflow; the flow's backfill closes exactly that gap, from results.csv
+    assert backfill_epochs(tracker, run_id, run_dir) == 1
     for key in ("train/box_loss", "metrics/mAP50(B)", "lr/pg0"):
         assert steps(tracker, run_id, key) == [1, 2, 3, 4], key
     logged = dict(tracker.metric_history(run_id, "train/box_loss"))
     assert [logged[e] for e in (1, 2, 3, 4)] == pytest.approx([r["train/box_loss"] for r in rows], rel=1e-5)
+    assert [logged[e] for e in (1, 3, 4)] == [exact[e]["train/box_loss"] for e in (1, 3, 4)]  # not rounded
     assert [r.info.run_id for r in all_runs(tracker)] == [run_id]
 
     outcome = TrainOutcome.read(run_dir)
@@ -192,14 +203,12 @@ def test_results_csv_is_cut_back_to_the_checkpoint(tmp_path: Path) -> None:
     assert not csv.exists()
 
 
-def test_epochs_mlflow_already_has_are_not_logged_again(yolo_config_dir: Path) -> None:
+def test_epochs_mlflow_already_has_are_not_recorded_again(tmp_path: Path, yolo_config_dir: Path) -> None:
     from tasks.adapters.ultralytics_trainer import _log_epoch
 
-    logged: list[tuple[int, float]] = []
-    job = TrainJob(run_dir="run", data_yaml="data.yaml", logged_through=2, stop_after=3)
+    job = TrainJob(run_dir=str(tmp_path), data_yaml="data.yaml", logged_through=2, stop_after=3)
     trainer = SimpleNamespace(
         trainyard_job=job,
-        trainyard_sink=SimpleNamespace(put=lambda epoch, metrics: logged.append((epoch, metrics["train/box_loss"]))),
         trainyard_logged=set(),
         trainyard_final_eval=False,
         stop=False,
@@ -211,7 +220,8 @@ def test_epochs_mlflow_already_has_are_not_logged_again(yolo_config_dir: Path) -
     for epoch in range(3):
         trainer.epoch = epoch
         _log_epoch(trainer)
-    assert logged == [(3, 0.5)]
+    epochs, _ = read_epochs(tmp_path / EPOCHS_FILE)
+    assert {e: m["train/box_loss"] for e, m in epochs.items()} == {3: 0.5}
     assert trainer.stop  # stop_after still ends the training on epochs it does not log
 
 
@@ -308,8 +318,7 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
         scripts[name].write_text(text)
     env = child_env(
         tmp_path,
-        MLFLOW_TRACKING_URI=uri,
-        MLFLOW_RUN_ID=run_id,
+        MLFLOW_TRACKING_URI=uri,  # as in a user's shell: Ultralytics' own MLflow callback would log there
         DDP_REPORT=str(report),
         DDP_LAUNCH=str(scripts["launch"]),
         DDP_WORKER=str(scripts["worker"]),
@@ -336,9 +345,10 @@ def test_two_gpu_device_reaches_ultralytics_ddp_with_trainyard_s_trainer(tmp_pat
             for c in worker["callbacks"]
             if c.startswith(("ultralytics.utils.callbacks.mlflow", "ultralytics.utils.callbacks.platform"))
         ]
-    # rank 0 logged its epoch once; rank 1 did not; Ultralytics' MLflow integration opened no run
-    assert tracker.metric_history(run_id, "train/box_loss") == [(1, 1.0)]
-    assert tracker.metric_history(run_id, "metrics/mAP50(B)") == [(1, 0.25)]
+    # rank 0 recorded its epoch once; rank 1 did not; Ultralytics' MLflow integration opened no run
+    assert (run_dir / EPOCHS_FILE).read_text().count("\n") == 1
+    assert {e: m["train/box_loss"] for e, m in read_epochs(run_dir / EPOCHS_FILE)[0].items()} == {1: 1.0}
+    assert read_epochs(run_dir / EPOCHS_FILE)[0][1]["metrics/mAP50(B)"] == 0.25
     assert [r.info.run_id for r in all_runs(tracker)] == [run_id]
 
 

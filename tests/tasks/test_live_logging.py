@@ -1,0 +1,63 @@
+"""The flow follows a training's epochs.jsonl into MLflow: each epoch once, in order, whole lines only."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
+from tasks.job import EPOCHS_FILE, append_epoch
+from tasks.live_logging import EpochFollower, live_logging
+from tests.conftest import free_port
+
+
+def _history(tracker: Tracker, run_id: str) -> list[tuple[int, float]]:
+    return tracker.metric_history(run_id, "train/box_loss")
+
+
+def test_epochs_are_logged_once_each_as_the_file_grows(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    follower = EpochFollower(EpochLogger(tracker, run_id, print), run_dir, logged_through=1)
+    assert follower.read_new() == []  # no file yet: the training has not finished an epoch
+
+    append_epoch(run_dir, 1, {"train/box_loss": 9.0})  # already in the run (a resumed training)
+    append_epoch(run_dir, 2, {"train/box_loss": 0.123456789012})
+    with (run_dir / EPOCHS_FILE).open("a") as f:
+        f.write('{"epoch": 3, "metrics": {"train/box')  # being written: waits for its newline
+    assert follower.read_new() == [2]
+    with (run_dir / EPOCHS_FILE).open("a") as f:
+        f.write('_loss": 0.1}}\n')
+    assert follower.read_new() == [3]
+    assert follower.read_new() == []
+
+    (run_dir / EPOCHS_FILE).write_text("")  # a training from scratch replaced the file
+    append_epoch(run_dir, 2, {"train/box_loss": 5.0})  # already sent: not again
+    append_epoch(run_dir, 4, {"train/box_loss": 0.05})
+    assert follower.read_new() == [4]
+    assert follower.stop(timeout=30) == []
+    assert _history(tracker, run_id) == [(2, 0.123456789012), (3, 0.1), (4, 0.05)]
+
+
+def test_live_logging_follows_a_training_while_it_runs(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    with live_logging(tracker, run_id, tmp_path, 0, print):
+        append_epoch(tmp_path, 1, {"train/box_loss": 1.0})
+        deadline = time.monotonic() + 30
+        while not _history(tracker, run_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _history(tracker, run_id) == [(1, 1.0)], "an epoch reaches MLflow while the training still runs"
+        append_epoch(tmp_path, 2, {"train/box_loss": 0.5})
+    assert _history(tracker, run_id) == [(1, 1.0), (2, 0.5)]  # the last one is not lost at the end
+
+
+def test_a_dead_server_costs_the_end_of_a_training_seconds_and_keeps_the_epochs(tmp_path: Path) -> None:
+    dead = Tracker(f"http://127.0.0.1:{free_port()}")
+    follower = EpochFollower(EpochLogger(dead, "run", print), tmp_path).start()
+    append_epoch(tmp_path, 1, {"train/box_loss": 1.0})
+    started = time.monotonic()
+    assert follower.stop(timeout=1) == [1]  # left in epochs.jsonl for the finish's back-fill
+    assert time.monotonic() - started < 10
