@@ -54,14 +54,16 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, floa
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     own = 0.0
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:  # VmHWM: the process's own high-water mark, gone once it exits
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, StopIteration):
                 hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
                 own = max(own, int(hwm.split()[1]) / 1024)
             time.sleep(0.05)
-        output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        log.seek(0)
+        output = log.read().decode(errors="replace")
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -144,7 +146,7 @@ def main() -> None:
                     rows[side].append((wall, cpu + tree_cpu(api_pid) - before, rss, own))
                 else:
                     rows[side].append(measure([*trainyard(epochs), "--force"], work, ephemeral))
-                print(epochs, side, [round(x, 1) for x in rows[side][-1]], flush=True)
+                print(epochs, side, [round(x, 1) for x in rows[side][-1]], flush=True)  # the raw samples
         results[epochs] = rows
 
     last = args.epochs[-1]
@@ -173,7 +175,12 @@ def main() -> None:
     for epochs, rows in results.items():
         bare_w, ty_w, eph_w = (med(rows[s], 0) for s in sides)
         bare_c, ty_c, eph_c = (med(rows[s], 1) for s in sides)
-        gaps[epochs] = ty_w - bare_w
+        # each round's sides ran back to back: their differences cancel the machine's drift
+        # between rounds, which on a shared machine is larger than the gap itself
+        paired = statistics.median(t[0] - b[0] for t, b in zip(rows["trainyard"], rows["bare"], strict=True))
+        paired_eph = statistics.median(t[0] - b[0] for t, b in zip(rows["ephemeral"], rows["bare"], strict=True))
+        paired_cpu = statistics.median(t[1] / b[1] for t, b in zip(rows["trainyard"], rows["bare"], strict=True))
+        gaps[epochs] = paired
         lines += [
             f"| {epochs}-epoch demo training (median of {args.pairs}) | wall s | CPU s | peak RSS MiB, "
             "largest process | peak RSS MiB, the command's own process |",
@@ -184,15 +191,17 @@ def main() -> None:
             f"{med(rows['trainyard'], 3):.0f} |",
             f"| `trainyard run --force`, ephemeral Prefect | {eph_w:.1f} | {eph_c:.1f} | "
             f"{med(rows['ephemeral'], 2):.0f} | {med(rows['ephemeral'], 3):.0f} |",
-            f"| gap (shared API) | +{ty_w - bare_w:.1f} s | {ty_c / bare_c:.2f}x | | |",
-            f"| gap (ephemeral) | +{eph_w - bare_w:.1f} s | {eph_c / bare_c:.2f}x | | |",
+            f"| gap (shared API), median of the rounds' differences | {paired:+.1f} s | {paired_cpu:.2f}x | | |",
+            f"| gap (ephemeral), median of the rounds' differences | {paired_eph:+.1f} s | | | |",
+            f"| gap of the medians (shared API / ephemeral) | {ty_w - bare_w:+.1f} s / {eph_w - bare_w:+.1f} s | "
+            f"{ty_c / bare_c:.2f}x / {eph_c / bare_c:.2f}x | | |",
             "",
         ]
     if len(gaps) >= 2:
         (e1, g1), (e2, g2) = sorted(gaps.items())[0], sorted(gaps.items())[-1]
         per_epoch = (g2 - g1) / (e2 - e1)
         lines += [
-            f"Fixed and per-epoch cost (shared API), from the gaps at {e1} and {e2} epochs: "
+            f"Fixed and per-epoch cost (shared API), from the paired gaps at {e1} and {e2} epochs: "
             f"**{g1 - per_epoch * e1:+.1f} s fixed, {per_epoch:+.2f} s per epoch**.",
             "",
         ]

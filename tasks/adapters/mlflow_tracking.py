@@ -663,9 +663,9 @@ def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> context
     through NVML where there is one) for the run, while the training lasts; the UI's System metrics
     tab shows them. Never fails a training: without them it just goes on."""
 
-    @contextlib.contextmanager
-    def monitored() -> Iterator[None]:
-        monitor = None
+    monitors: list[Any] = []
+
+    def start() -> None:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -678,14 +678,23 @@ def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> context
                 run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri
             )
             monitor.start()  # type: ignore[no-untyped-call]
+            monitors.append(monitor)
         except Exception as exc:  # psutil missing, a store that refuses: no system metrics, same training
             say(f"no system metrics for this run ({_short(exc)})")
+
+    @contextlib.contextmanager
+    def monitored() -> Iterator[None]:
+        # started beside the training rather than before it: the monitor's set-up (its GPU probe, a
+        # read of the run) took 0.5 s that the training's own start-up would otherwise wait for
+        starter = threading.Thread(target=start, name="trainyard-system-metrics", daemon=True)
+        starter.start()
         try:
             yield
         finally:
-            if monitor is not None:
+            starter.join()
+            for monitor in monitors:
                 with contextlib.suppress(Exception):
-                    monitor.finish()  # type: ignore[no-untyped-call]
+                    monitor.finish()
 
     return monitored()
 
