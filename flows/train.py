@@ -269,6 +269,7 @@ def train_flow(
             format_warnings(report.warnings),
         )
     runner = make_runner(params.runner.kind, params.container)
+    runner.warm_up()  # the training process imports torch and Ultralytics while MLflow is opened below
     key = reproduction_key_task(params, staged, runner)
     tracking_uri, uri_from = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     logger.info("tracking at %s (%s)", redact(tracking_uri), uri_from)
@@ -278,6 +279,7 @@ def train_flow(
     if not force:
         prior = up_to_date_task(tracking_uri, experiment, key)
         if prior is not None:
+            runner.discard()
             return _up_to_date(prior, key, params, tracking_uri)
     fixed_dir = Path(run_dir).resolve() if run_dir else None
     with contextlib.ExitStack() as held:  # one training per run directory, until its run is finished

@@ -26,6 +26,8 @@ from tasks.job import JOB_FILE, TrainJob
 from tasks.params import ContainerParams
 from tasks.training_output import LogSink, last_frame, last_lines, training_env
 
+_TRAINER_WAIT_FLAG = "--wait"  # tasks.adapters.ultralytics_trainer.WAIT_FLAG (that module imports ultralytics)
+
 STOP_GRACE = 10.0  # seconds a stopped training gets between SIGTERM and SIGKILL
 
 # Exit codes that mean "killed by the kernel", most often the OOM killer on a CPU box.
@@ -45,6 +47,14 @@ class Runner(Protocol):
         """Run the job; stream output lines to ``log``; raise TrainingError on failure."""
         ...
 
+    def warm_up(self) -> None:
+        """Start what the next :meth:`run` needs, if that can overlap with the flow's own start-up."""
+        ...
+
+    def discard(self) -> None:
+        """Stop what :meth:`warm_up` started, when no training follows."""
+        ...
+
 
 class LocalRunner:
     """Trains in a child process of this interpreter (no Docker needed)."""
@@ -57,24 +67,38 @@ class LocalRunner:
         # under a Prefect worker the output is captured line by line and sent to the logger.
         self.interactive = _is_terminal() if interactive is None else interactive
         self._environment: Environment | None = None
+        self._warm: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> Environment:
         if self._environment is None:
             self._environment = local_environment(self.python)
         return self._environment
 
-    def run(self, job: TrainJob, env: Mapping[str, str], log: LogSink) -> None:
-        run_dir = Path(job.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        job_path = job.write(run_dir / JOB_FILE)
-        child_env = {**os.environ, **training_env(), **env}
-        cmd = [self.python, "-m", "tasks.adapters.ultralytics_trainer", str(job_path)]
-        tail: collections.deque[str] = collections.deque(maxlen=30)
+    def warm_up(self) -> None:
+        """Start the training process ahead of its job: it imports torch and Ultralytics (about 3 s) while
+        the flow imports mlflow and opens the run (bench/overhead.py measures the difference)."""
+        if self._warm is None or self._warm.poll() is not None:
+            self._warm = self._start([_TRAINER_WAIT_FLAG], stdin=subprocess.PIPE)
+
+    def discard(self) -> None:
+        proc, self._warm = self._warm, None
+        if proc is not None:
+            _stop(proc)  # it holds no state yet: no need to wait for its imports to finish
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+
+    def _start(
+        self, args: list[str], env: Mapping[str, str] | None = None, stdin: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        child_env = {**os.environ, **training_env(), **(env or {})}
+        cmd = [self.python, "-m", "tasks.adapters.ultralytics_trainer", *args]
         try:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 cmd,
                 cwd=str(_project_root()),
                 env=child_env,
+                stdin=stdin,
                 stdout=None if self.interactive else subprocess.PIPE,
                 stderr=None if self.interactive else subprocess.STDOUT,
                 # Its own process group: a Ctrl-C reaches this process, which stops the training
@@ -85,6 +109,30 @@ class LocalRunner:
             )
         except OSError as exc:
             raise RunnerError(f"could not start the training process {self.python}: {exc.strerror}") from None
+
+    def _handed(self, job_path: Path) -> subprocess.Popen[bytes] | None:
+        """The warmed-up process, given ``job_path``; None when there is none (or it is gone)."""
+        proc, self._warm = self._warm, None
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write(f"{job_path}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died meanwhile: start afresh
+            _stop(proc)
+            return None
+        return proc
+
+    def run(self, job: TrainJob, env: Mapping[str, str], log: LogSink) -> None:
+        run_dir = Path(job.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        job_path = job.write(run_dir / JOB_FILE)
+        tail: collections.deque[str] = collections.deque(maxlen=30)
+        # a warmed-up process has its environment already: it takes only jobs that add nothing to it
+        proc = None if env else self._handed(job_path)
+        if proc is None:
+            self.discard()
+            proc = self._start([str(job_path)], env)
         try:
             # The main thread never blocks for long: a signal that the kernel hands to another
             # thread runs its Python handler (Ctrl-C -> Interrupted) only when the main thread

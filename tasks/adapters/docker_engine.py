@@ -161,6 +161,12 @@ class DockerRunner:
             details={"image": img.given, "digest": img.digest, "id": img.image_id, "cuda": img.cuda},
         )
 
+    def warm_up(self) -> None:
+        """Nothing to start ahead: a container's start-up is paid when it runs its job."""
+
+    def discard(self) -> None:
+        """Nothing was started ahead."""
+
     def run(self, job: TrainJob, env: Mapping[str, str], log: LogSink) -> None:
         import docker.errors
         from docker.types import DeviceRequest, Mount, Ulimit

@@ -425,15 +425,35 @@ def _amp_check_never_downloads() -> None:
     engine.check_amp = offline_check_amp
 
 
+WAIT_FLAG = "--wait"  # start now, train the job whose path arrives later on stdin (LocalRunner.warm_up)
+WAIT_SECONDS = 300.0  # a process started ahead that gets no job in this long exits (the flow went another way)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the training process: ``python -m tasks.adapters.ultralytics_trainer RUN_DIR/job.json``."""
+    """Entry point of the training process: ``python -m tasks.adapters.ultralytics_trainer RUN_DIR/job.json``,
+    or ``... --wait`` to import torch and Ultralytics first and read the job's path from stdin."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == [WAIT_FLAG]:
+        return _wait_for_job()
     if len(argv) != 1:
         print("usage: python -m tasks.adapters.ultralytics_trainer JOB.json", file=sys.stderr)
         return 2
     job_path = Path(argv[0]).resolve()
     train_yolo(TrainJob.read(job_path), job_path)
     return 0
+
+
+def _wait_for_job() -> int:
+    """Pay the training's start-up (torch, Ultralytics: about 3 s of CPU) while the flow still opens its
+    MLflow run, then train the job named on stdin; end quietly on EOF or after WAIT_SECONDS without one."""
+    import select
+
+    _amp_check_never_downloads()  # imports Ultralytics' trainer, and torch with it
+    import ultralytics.models.yolo.detect  # noqa: F401 - what the training imports next, before the job is known
+
+    ready, _, _ = select.select([sys.stdin], [], [], WAIT_SECONDS)
+    line = sys.stdin.readline().strip() if ready else ""
+    return main([line]) if line else 0
 
 
 if __name__ == "__main__":

@@ -304,9 +304,12 @@ def _children_training(tmp_path: Path) -> list[int]:
         if proc.name.isdigit():
             try:
                 cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                # a process started ahead of its job (`--wait`) names no run directory: its environment
+                # (YOLO_CONFIG_DIR, PREFECT_HOME) says whose it is
+                environ = (proc / "environ").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "ultralytics_trainer" in cmdline and str(tmp_path) in cmdline:
+            if "ultralytics_trainer" in cmdline and str(tmp_path) in cmdline + environ:
                 out.append(int(proc.name))
     return out
 

@@ -49,9 +49,13 @@ class Killer(threading.Thread):
                     continue
                 if "tasks.adapters.ultralytics_trainer" not in cmd:
                     continue
-                job = Path(cmd[-1])
+                # its run directory: named by the job's path, or the only one (a process started ahead, --wait)
+                if cmd[-1].endswith(".json"):
+                    run_dirs = [Path(cmd[-1]).parent]
+                else:
+                    run_dirs = [job.parent for job in self.runs_dir.glob("*/job.json")]
                 # mid-epoch: the epoch after `after` has started (its checkpoint is not written yet)
-                if _rows(job.parent / "results.csv") >= self.after:
+                if any(_rows(run_dir / "results.csv") >= self.after for run_dir in run_dirs):
                     time.sleep(0.3)
                     os.kill(proc.pid, signal.SIGKILL)
                     self.killed_pid = proc.pid

@@ -28,6 +28,32 @@ def test_a_crashing_training_reports_exit_code_and_its_last_lines(tmp_path: Path
     assert (tmp_path / "run" / JOB_FILE).exists()
 
 
+def test_a_warmed_up_training_process_takes_the_job_and_reports_as_a_fresh_one(tmp_path: Path) -> None:
+    job = TrainJob(
+        run_dir=str(tmp_path / "run"),
+        data_yaml=str(tmp_path / "missing" / "data.yaml"),
+        args={"model": "yolo11n.yaml", "epochs": 1, "imgsz": 32, "device": "cpu"},
+    )
+    runner = LocalRunner(interactive=False)
+    runner.warm_up()  # as the flow does, before it opens the MLflow run
+    warmed = runner._warm
+    assert warmed is not None and warmed.poll() is None
+    lines: list[str] = []
+    with pytest.raises(TrainingError) as info:
+        runner.run(job, {}, lines.append)
+    assert warmed.returncode == 1, "the job ran in the process started ahead"
+    assert "exited with code 1" in str(info.value) and "missing" in str(info.value)
+
+
+def test_a_warmed_up_process_that_gets_no_job_is_stopped(tmp_path: Path) -> None:
+    runner = LocalRunner(interactive=False)
+    runner.warm_up()
+    warmed = runner._warm
+    assert warmed is not None
+    runner.discard()  # the flow found the run up to date
+    assert warmed.returncode is not None and runner._warm is None
+
+
 def test_a_killed_training_is_reported_as_probably_out_of_memory(tmp_path: Path) -> None:
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/bin/sh\necho 'Epoch 1/3'\nkill -9 $$\n")
