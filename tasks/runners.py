@@ -1,8 +1,9 @@
 """The runner seam: where and how the training process runs.
 
-A runner takes a :class:`~tasks.job.TrainJob` plus the environment variables that
-connect it to the flow's MLflow run, runs ``python -m tasks.adapters.ultralytics_trainer job.json`` somewhere,
-streams its output, and raises :class:`TrainingError` if it fails. The local runner uses
+A runner takes a :class:`~tasks.job.TrainJob` (plus any environment variables the training
+needs), runs ``python -m tasks.adapters.ultralytics_trainer job.json`` somewhere, streams its
+output, and raises :class:`TrainingError` if it fails. The training reaches no tracking server:
+it records its epochs in the run directory and the flow logs them (tasks/live_logging.py). The local runner uses
 a child process of the current interpreter; the Docker runner (its own module) runs the
 same command in a container started by image digest, behind the same interface.
 """
