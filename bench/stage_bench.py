@@ -377,6 +377,19 @@ def bench_s5cmd(moto, env, work, prefix, expected, timeout) -> Row:
     return row
 
 
+def bench_obstore(moto, env, work, prefix, expected, timeout) -> Row:
+    """obstore (bench/obstore_get.py): one listing and concurrent GETs, ETag-checked; cold only."""
+    dest = fresh_dir(work / "obstore")
+    row = Row("obstore", f"bench/obstore_get.py URL {BUCKET} {prefix} DIR (cold only)")
+    cmd = [str(HERE / ".venv" / "bin" / "python"), str(HERE / "obstore_get.py"), moto.url, BUCKET, prefix, str(dest)]
+    run, _ = timed(cmd, env, None, moto, timeout)
+    if run.seconds is not None:
+        run.ok = verify_copy(dest, expected)
+    row.cold = run
+    row.warm = Run(ok="not measured (no sync mode)")
+    return row
+
+
 def bench_dvc(moto, env, work, ds, expected, timeout) -> Row:
     row = Row("dvc pull", f"dvc pull (remote s3://{DVC_BUCKET}/store, endpointurl URL)")
     dvc = shutil.which("dvc", path=env["PATH"]) or str(PROJECT_BIN / "dvc")
@@ -492,15 +505,16 @@ def build_report(rows: list[Row], info, n_files: int, total_bytes: int, args, el
     out.append("## Results\n")
     out.append(
         "| tool | cold s | cold files/s | cold MB/s | warm s | moto CPU % (cold) | tool CPU s (cold) "
-        "| trainyard speed-up cold | trainyard speed-up warm | check |"
+        "| tool CPU s per 1k objects (cold) | trainyard speed-up cold | trainyard speed-up warm | check |"
     )
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         c, w = r.cold, r.warm
         fps = f"{n_files / c.seconds:.0f}" if c.seconds else "n/a"
         mbs = f"{mb / c.seconds:.1f}" if c.seconds else "n/a"
         srv = f"{100 * c.server_cpu / c.seconds:.0f}" if c.seconds and c.server_cpu is not None else "n/a"
         cli = f"{c.client_cpu:.1f}" if c.client_cpu is not None else "n/a"
+        per_k = f"{1000 * c.client_cpu / n_files:.2f}" if c.client_cpu is not None else "n/a"
         if r.tool in ("trainyard", "server ceiling"):
             fc = fw = "-"
         else:
@@ -508,7 +522,9 @@ def build_report(rows: list[Row], info, n_files: int, total_bytes: int, args, el
             fc = f"{f1:.2f}×" if f1 else "n/a"
             fw = f"{f2:.2f}×" if f2 else "n/a"
         checks = "; ".join(dict.fromkeys(x for x in (c.ok, w.ok) if x))
-        out.append(f"| {r.tool} | {fmt_s(c)} | {fps} | {mbs} | {fmt_s(w)} | {srv} | {cli} | {fc} | {fw} | {checks} |")
+        out.append(
+            f"| {r.tool} | {fmt_s(c)} | {fps} | {mbs} | {fmt_s(w)} | {srv} | {cli} | {per_k} | {fc} | {fw} | {checks} |"
+        )
     out.append("")
     out.append(
         "Speed-up = the other tool's seconds / trainyard's seconds (2.0× = trainyard takes half the time). "
@@ -577,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tools",
         default="ceiling,trainyard,s5cmd,aws,dvc",
-        help="comma-separated subset of ceiling,trainyard,s5cmd,aws,dvc",
+        help="comma-separated subset of ceiling,trainyard,s5cmd,aws,dvc,obstore (obstore: not by default)",
     )
     ap.add_argument("--timeout", type=float, default=420, help="per command, seconds")
     ap.add_argument("--threads", type=int, default=16, help="threads of the server-ceiling client")
@@ -634,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             "ceiling": lambda: best(bench_ceiling, moto, prefix, expected, args.threads),
             "trainyard": lambda: best(bench_trainyard, moto, env, work, prefix, expected, args.timeout),
             "s5cmd": lambda: best(bench_s5cmd, moto, env, work, prefix, expected, args.timeout),
+            "obstore": lambda: best(bench_obstore, moto, env, work, prefix, expected, args.timeout),
             "aws": lambda: best(bench_aws, moto, env, work, prefix, expected, args.timeout),
             "dvc": lambda: best(bench_dvc, moto, env, work, ds, expected, args.timeout),
         }
@@ -645,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             log(f"{row.tool}: cold {fmt_s(row.cold)} s ({row.cold.ok}), warm {fmt_s(row.warm)} s ({row.warm.ok})")
             # free the disk between tools; keep nothing that a later tool could reuse
-            for d in ("aws", "s5cmd", "trainyard"):
+            for d in ("aws", "s5cmd", "trainyard", "obstore"):
                 if (work / d).exists() and not args.keep:
                     shutil.rmtree(work / d)
     finally:
