@@ -29,6 +29,7 @@ PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed int
 # results.csv holds the same numbers printed to 6 significant digits; this file holds them exactly,
 # which `trainyard reproduce` needs to call two trainings bit-identical.
 EPOCHS_FILE = "epochs.jsonl"
+WAIT_FLAG = "--wait"  # the training entry point's "start now, read the job's path from stdin" (LocalRunner.warm_up)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,9 @@ from typing import IO, Mapping, Protocol
 
 from tasks.adapters.torch_environment import Environment, local_environment
 from tasks.errors import RunnerError, TrainingError
-from tasks.job import JOB_FILE, TrainJob
+from tasks.job import JOB_FILE, WAIT_FLAG, TrainJob
 from tasks.params import ContainerParams
 from tasks.training_output import LogSink, last_frame, last_lines, training_env
-
-_TRAINER_WAIT_FLAG = "--wait"  # tasks.adapters.ultralytics_trainer.WAIT_FLAG (that module imports ultralytics)
 
 STOP_GRACE = 10.0  # seconds a stopped training gets between SIGTERM and SIGKILL
 
@@ -79,7 +77,7 @@ class LocalRunner:
         """Start the training process ahead of its job: it imports torch and Ultralytics (about 3 s) while
         the flow imports mlflow and opens the run (bench/overhead.py measures the difference)."""
         if self._warm is None or self._warm.poll() is not None:
-            self._warm = self._start([_TRAINER_WAIT_FLAG], stdin=subprocess.PIPE)
+            self._warm = self._start([WAIT_FLAG], stdin=subprocess.PIPE)
 
     def discard(self) -> None:
         proc, self._warm = self._warm, None

@@ -36,11 +36,6 @@ def input_values(params: "Params", staged: "StagedDataset", runner: "Runner") ->
     return {"data_hash": staged.md5, "params_hash": params_hash(params), "env_digest": runner.environment().digest}
 
 
-def inputs_filter(params: "Params", staged: "StagedDataset", runner: "Runner") -> str:
-    """The MLflow search for runs trained on exactly these inputs."""
-    return same_inputs_filter(input_values(params, staged, runner))
-
-
 def up_to_date(params: "Params", tracker: "Tracker", staged: "StagedDataset", runner: "Runner") -> UpToDate | None:
     """The latest finished, complete run on the same data, params and environment, if there is one.
 

@@ -46,6 +46,7 @@ from tasks.job import (
     OUTCOME_FILE,
     PARTIAL_SUFFIX,
     TrainJob,
+    WAIT_FLAG,
     TrainOutcome,
     append_epoch,
     data_root,
@@ -425,7 +426,6 @@ def _amp_check_never_downloads() -> None:
     engine.check_amp = offline_check_amp
 
 
-WAIT_FLAG = "--wait"  # start now, train the job whose path arrives later on stdin (LocalRunner.warm_up)
 WAIT_SECONDS = 300.0  # a process started ahead that gets no job in this long exits (the flow went another way)
 
 
