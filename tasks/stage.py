@@ -392,7 +392,9 @@ def _stage_s3(
         todo = [o for o in objects if not size_is(work / o.relpath, o.size)]
         md5s = client.download_many(todo, work, on_progress=progress)
         trusted = set(md5s)
-        manifest = [(o.relpath, o.size, o.md5 or md5s.get(o.relpath) or file_md5(work / o.relpath)) for o in objects]
+        # The MD5s computed while downloading, not the listed ETags: an SSE-KMS object's ETag
+        # looks like an MD5 but is not one. Files kept from an interrupted run are re-read.
+        manifest = [(o.relpath, o.size, md5s.get(o.relpath) or file_md5(work / o.relpath)) for o in objects]
         key = manifest_md5(manifest).removesuffix(".dir")
         version = cache.lookup(key)
         if version is None:

@@ -19,8 +19,11 @@ Every server here binds 127.0.0.1 only and is stopped by its fixture.
 from __future__ import annotations
 
 import collections
+import hashlib
+import html
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -225,10 +228,15 @@ class FaultProxy:
     - ``stall_rate``: headers and half the body are sent, then it stalls ``delay`` s
       and closes (a read timeout in the middle of the body).
 
-    Keyed faults (``corrupt`` / ``truncate``: key -> how many more GETs of that key to
-    hit; use a large number for "always"): ``corrupt`` flips one byte of the body (same
-    length, so only a checksum can notice); ``truncate`` announces the full
-    Content-Length, sends half and closes the connection.
+    Keyed faults (``corrupt`` / ``truncate`` / ``redirect``: key -> how many more GETs of
+    that key to hit; use a large number for "always"): ``corrupt`` flips one byte of the
+    body (same length, so only a checksum can notice); ``truncate`` announces the full
+    Content-Length, sends half and closes the connection; ``redirect`` answers AWS's
+    ``301 PermanentRedirect`` for a bucket in another region.
+
+    ``kms_keys`` (a set of keys) emulates what AWS does and moto does not: an object
+    encrypted with SSE-KMS gets an ETag that is not its MD5. The proxy rewrites those
+    keys' ETags in listings and GET/HEAD responses and maps ``If-Match`` back.
 
     Only bodies with a Content-Length are forwarded (boto3 sends those for the requests
     tests make); ``counts`` tallies requests and injected faults.
@@ -253,6 +261,9 @@ class FaultProxy:
         self.delay = delay
         self.corrupt: dict[str, int] = {}
         self.truncate: dict[str, int] = {}
+        self.redirect: dict[str, int] = {}
+        self.kms_keys: set[str] = set()
+        self._real_etags: dict[str, str] = {}  # rewritten ETag -> moto's
         self.counts: collections.Counter[str] = collections.Counter()
         self._per_key: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
@@ -275,7 +286,7 @@ class FaultProxy:
             return None
         with self._lock:
             self.counts["get"] += 1
-            for name, table in (("corrupt", self.corrupt), ("truncate", self.truncate)):
+            for name, table in (("corrupt", self.corrupt), ("truncate", self.truncate), ("redirect", self.redirect)):
                 if table.get(key, 0) > 0:
                     table[key] -= 1
                     self.counts[name] += 1
@@ -289,6 +300,17 @@ class FaultProxy:
                     return name
                 r -= rate
         return None
+
+    def kms_etag(self, real: str) -> str:
+        """The ETag AWS would give an SSE-KMS object: 32 hex digits that are not its MD5."""
+        fake = hashlib.md5(b"sse-kms:" + real.encode()).hexdigest()
+        with self._lock:
+            self._real_etags[fake] = real
+        return fake
+
+    def real_etag(self, etag: str) -> str:
+        with self._lock:
+            return self._real_etags.get(etag, etag)
 
     def start(self) -> None:
         proxy = self
@@ -367,10 +389,29 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         key = unquote(path.partition("/")[2])
         fault = self.proxy.decide(self.command, key)
         stopping = self.proxy._stopping
+        if key in self.proxy.kms_keys and self.headers.get("If-Match"):
+            real = self.proxy.real_etag(self.headers["If-Match"].strip('"'))
+            del self.headers["If-Match"]
+            self.headers["If-Match"] = f'"{real}"'
+
         if fault == "error":
             payload = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code><Message>injected by FaultProxy</Message></Error>"
             self.send_response(500)
             self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if fault == "redirect":
+            bucket = path.partition("/")[0]
+            payload = (
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>The bucket "
+                "you are attempting to access must be addressed using the specified endpoint.</Message>"
+                f"<Bucket>{bucket}</Bucket><Endpoint>{bucket}.s3.eu-west-1.amazonaws.com</Endpoint></Error>"
+            ).encode()
+            self.send_response(301)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("x-amz-bucket-region", "us-east-1")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -384,6 +425,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except (OSError, HTTPException):
             self.send_error(502, "FaultProxy: upstream unreachable")
             return
+        if self.proxy.kms_keys:
+            headers, data = self._rewrite_kms_etags(key, headers, data)
         if fault == "corrupt" and data:
             mid = len(data) // 2
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
@@ -407,6 +450,28 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(data)
+
+    def _rewrite_kms_etags(
+        self, key: str, headers: list[tuple[str, str]], data: bytes
+    ) -> tuple[list[tuple[str, str]], bytes]:
+        proxy = self.proxy
+        if key in proxy.kms_keys and self.command in ("GET", "HEAD"):
+            headers = [(n, f'"{proxy.kms_etag(v.strip(chr(34)))}"' if n.lower() == "etag" else v) for n, v in headers]
+        elif not key and self.command == "GET" and b"<ListBucketResult" in data[:500]:
+
+            def one(match: re.Match[bytes]) -> bytes:
+                block = match.group(0)
+                listed = re.search(rb"<Key>([^<]*)</Key>", block)
+                if listed is None or html.unescape(listed.group(1).decode()) not in proxy.kms_keys:
+                    return block
+                return re.sub(
+                    rb"([0-9a-f]{32})(?=(&quot;|&#34;|\")</ETag>)",
+                    lambda m: proxy.kms_etag(m.group(1).decode()).encode(),
+                    block,
+                )
+
+            data = re.sub(rb"<Contents>.*?</Contents>", one, data, flags=re.DOTALL)
+        return headers, data
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 

@@ -1,14 +1,14 @@
-"""S3 / MinIO access for staging datasets: the one module of trainyard that imports boto3.
+"""S3 / MinIO access for staging datasets: the one module of trainyard that imports boto3 and obstore.
 
 Why a module of its own
 -----------------------
 Flows stage datasets from object storage onto local SSD before training (training from
 the network starves GPUs). Everything S3-specific lives here, behind a small typed API,
-so the rest of the project never sees a botocore exception: every failure becomes a
+so the rest of the project never sees a botocore or obstore exception: every failure becomes a
 :class:`~tasks.errors.DataSourceError` whose message names the object and says what to do.
 
-``boto3``/``botocore`` are imported lazily (inside :class:`S3Client`), never at import
-time: importing them costs ~0.3 s and most commands never touch S3.
+``boto3``/``botocore``/``obstore`` are imported lazily (inside :class:`S3Client`), never at
+import time: importing them costs ~0.3 s and most commands never touch S3.
 
 Design notes
 ------------
@@ -18,20 +18,19 @@ Design notes
   The endpoint comes from ``endpoint_url`` or, when that is ``None``, from
   ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` / the profile's ``endpoint_url``,
   which botocore >= 1.31 resolves itself (MinIO and moto are reached this way).
-* **One client** per :class:`S3Client`, shared by all worker threads (botocore clients
-  are thread-safe; sessions are not, so the session is used only in the constructor).
-  Its connection pool is as large as the thread pool, because datasets are many small
-  files and throughput is bound by request latency, not bandwidth.
-* **Small objects** are fetched with one streamed GET, not ``download_file``:
-  s3transfer's per-object setup (HEAD request, futures, temp file bookkeeping)
-  dominates for 30 KB images. The GET is presigned locally (SigV4) and sent through
-  the botocore client's own HTTP session (same pool, proxies, TLS, timeouts), which
-  skips botocore's per-request machinery; ``get_object`` remains the fallback (and is
-  used for buckets that answer with a cross-region redirect). Signed URLs carry
-  credentials, so they are never logged by this module or put into messages.
+* **Two engines, one configuration.** botocore lists, HEADs and uploads (one client per
+  :class:`S3Client`, shared by all threads). The object GETs -- the bulk of staging --
+  go through obstore (Rust ``object_store``): it measured 25 % less client CPU per object
+  and a faster wall time than botocore-signed GETs on 10k small files
+  (bench/results_obstore.md), because signing, the connection pool, retries and body
+  reads run outside the GIL. Its store is built from what botocore resolved: the same
+  endpoint, region, addressing style, CA bundle, timeouts, and the boto3 session's
+  credentials (refreshed through it). Buckets that answer a GET with a cross-region
+  redirect fall back to ``get_object``, whose region redirector handles them.
 * **Integrity**: every download is hashed while it streams and checked against the
   store's own checksum before the file is renamed into place -- never by size alone:
-  the MD5 when the ETag is a plain MD5 (single-part, not SSE-KMS/SSE-C); else an S3
+  the MD5 when the ETag is a plain MD5 (single-part, not SSE-KMS/SSE-C, which a HEAD
+  tells when the MD5 differs); else an S3
   additional checksum (``HEAD`` with ``ChecksumMode=ENABLED``: SHA256, SHA1, CRC32, and
   CRC32C/CRC64NVME where botocore has awscrt; full-object or composite); else the
   multipart ETag ``md5(md5(part 1) .. md5(part N))-N``, recomputed from the file with
@@ -41,19 +40,18 @@ Design notes
   download fails loudly instead of silently mixing two dataset versions.
 * **Retries**, two layers, both bounded:
 
-  1. botocore's ``standard`` retry mode (``max_attempts=retries``; mirrored by
-     :meth:`S3Client._fetch` for presigned GETs) retries each HTTP
-     request on 5xx, throttling, and connection/read timeouts, with jittered
-     exponential backoff (0.05 s * 2^n for errors, 1 s * 2^n for throttling, at most
-     20 s) and a client-wide retry quota that stops retry storms when a server is down.
+  1. Per HTTP request: obstore for GETs, botocore's ``standard`` mode for the rest
+     (``retries`` attempts either way) retry 5xx, throttling, and connection/read
+     timeouts with jittered exponential backoff (obstore: 50 ms * 2^n, at most 20 s,
+     and no request retried for longer than ``max(60 s, 4 x (connect + read timeout))``).
   2. :meth:`S3Client.download` / :meth:`S3Client.download_many` retry a whole object
      download up to ``retries`` attempts with 0.2 s * 2^n backoff (+ jitter, at most
-     5 s) for what botocore cannot retry: errors while the body streams (resets,
+     5 s) for what layer 1 cannot retry: errors while the body streams (resets,
      truncation, read timeouts mid-body), checksum mismatches, and transient errors
      left over after layer 1. 403/404/412 and local disk errors are never retried.
 
-  Worst case a single object therefore sees ``retries * retries`` HTTP attempts; the
-  retry quota caps this across the client when the endpoint is really gone.
+  Worst case a single object therefore sees ``retries * retries`` HTTP attempts; the first
+  object that exhausts them stops the whole download.
 """
 
 from __future__ import annotations
@@ -70,7 +68,8 @@ import zlib
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator, Sequence
 
 from tasks.errors import DataSourceError, TransientSourceError
 
@@ -278,8 +277,6 @@ class S3Client:
         import botocore.config
         import botocore.exceptions
 
-        _load_urllib3()
-
         self._exc = botocore.exceptions
         self.max_workers = max_workers
         self.retries = retries
@@ -311,23 +308,15 @@ class S3Client:
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:
             raise DataSourceError(f"cannot create an S3 client for endpoint {endpoint_url!r}: {exc}") from None
         self.endpoint: str = self._client.meta.endpoint_url
-        # Fast GET path (see _fetch): presigned URLs sent through the client's own HTTP
-        # session. Explicit SigV4, because botocore presigns with SigV2 unless told
-        # otherwise; a second client, so the main one keeps botocore's signer choice.
-        self._http: Any = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
-        self._presigner: Any = None
-        if self._http is not None and hasattr(self._http, "send"):
-            try:
-                self._presigner = session.client(
-                    "s3",
-                    endpoint_url=endpoint_url,
-                    region_name=region,
-                    config=config.merge(botocore.config.Config(signature_version="s3v4")),
-                )
-            except (ValueError, botocore.exceptions.BotoCoreError):
-                self._presigner = None
+        import obstore
+        import obstore.exceptions
+
+        self._obstore = obstore
+        self._session = session
+        self._timeouts = (connect_timeout, read_timeout)
+        self._stores: dict[str, Any] = {}
+        self._stores_lock = threading.Lock()
         self._slow_buckets: set[str] = set()  # buckets that need botocore's region redirects
-        self._quota = _RetryQuota()
 
     # ------------------------------------------------------------------ listing
 
@@ -461,7 +450,6 @@ class S3Client:
                 self._exc.BotoCoreError,
                 OSError,
                 http.client.HTTPException,
-                _Urllib3Error,
             ) as exc:
                 if not self._transient(exc):
                     raise self._error(exc, obj.url, "downloading") from None
@@ -479,11 +467,9 @@ class S3Client:
 
     def _download_once(self, obj: RemoteObject, dest: Path, stop: threading.Event) -> str:
         """One GET streamed to a temporary file beside ``dest``, verified, then renamed."""
-        headers, body, close = self._fetch(obj, stop)
-        # With SSE-KMS / SSE-C the ETag is not the content MD5: verify size only.
-        encrypted = headers.get("ServerSideEncryption", "").startswith("aws:kms") or bool(
-            headers.get("SSECustomerAlgorithm")
-        )
+        encrypted, body, close = self._fetch(obj)
+        # With SSE-KMS / SSE-C the ETag is not the content MD5. obstore does not expose
+        # the encryption headers, so a mismatch is followed by a HEAD before it counts.
         expected_md5 = None if encrypted else obj.md5
         digest = hashlib.md5()  # noqa: S324 - content address (DVC's hash), not security
         size = 0
@@ -518,12 +504,16 @@ class S3Client:
                     f"{obj.url}: size mismatch: expected {obj.size} bytes, got {size} "
                     "(a truncated or corrupted transfer)"
                 )
+            if expected_md5 is not None and md5 != expected_md5 and encrypted is None:
+                encrypted = _encrypted(self._head(obj))
+                if encrypted:
+                    expected_md5 = None
             if expected_md5 is not None and md5 != expected_md5:
                 raise ChecksumError(
                     f"{obj.url}: md5 mismatch: expected {expected_md5}, got {md5} (a corrupted transfer)"
                 )
             if expected_md5 is None:
-                self.verify_file(obj, Path(tmp_name), encrypted)
+                self.verify_file(obj, Path(tmp_name), bool(encrypted))
             os.replace(tmp_name, dest)
         except BaseException:
             try:
@@ -609,119 +599,122 @@ class S3Client:
             raise ChecksumError(f"{obj.url}: {parts} parts of {first} bytes cannot make {obj.size} bytes")
         return [first] * (parts - 1) + [last]
 
-    def _fetch(self, obj: RemoteObject, stop: threading.Event) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
-        """Start the GET of ``obj``: (headers by botocore name, iterable of chunks, close).
+    def _fetch(self, obj: RemoteObject) -> tuple[bool | None, Iterator[bytes], Callable[[bool], None]]:
+        """Start the GET of ``obj``: (encrypted or None if unknown, iterable of chunks, close).
 
-        The fast path presigns the GET locally (SigV4, ``If-Match`` sent as a plain header)
-        and sends it through the botocore client's own HTTP session -- same connection
-        pool, proxies, TLS settings and timeouts -- skipping botocore's per-request
-        machinery (serialisation, event hooks, response parsing), which cost ~1 ms of CPU
-        per object. Error statuses become the ``ClientError`` botocore would raise and
-        are retried like botocore's standard mode (layer 1). Buckets that answer with a
-        redirect (a bucket in another region than the client's) fall back to
+        The GET goes through obstore (Rust ``object_store``: signing, connection pool,
+        retries and body reads outside the GIL), which measured 25 % less client CPU per
+        object than botocore-signed GETs (bench/results_obstore.md). ``If-Match`` makes
+        it conditional on the listed ETag. Layer-1 retries (5xx, throttling, connect and
+        read timeouts) are obstore's, bounded like botocore's standard mode. Buckets that
+        answer with a redirect (another region than the client's) fall back to
         ``get_object``, whose region redirector handles them.
         """
-        if self._presigner is None or obj.bucket in self._slow_buckets:
+        if obj.bucket in self._slow_buckets:
             return self._fetch_boto(obj)
-        attempt = 0
-        while True:
+        obstore = self._obstore
+        try:
+            result = obstore.get(self._store(obj.bucket), obj.key, options={"if_match": f'"{obj.etag}"'})
+        except ValueError:  # object_store refuses control characters in keys; S3 and botocore do not
+            return self._fetch_boto(obj)
+        except (obstore.exceptions.BaseError, OSError) as exc:  # a 404 comes as FileNotFoundError
+            error = self._from_obstore(exc)
+            status = error.response["ResponseMetadata"]["HTTPStatusCode"] if hasattr(error, "response") else 0
+            if status in (301, 307) or (status == 400 and "region" in str(exc).lower()):
+                self._slow_buckets.add(obj.bucket)
+                return self._fetch_boto(obj)
+            raise error from None
+        stream = result.stream(min_chunk_size=_CHUNK)
+
+        def chunks() -> Iterator[bytes]:
             try:
-                resp = self._send_presigned(obj)
-                status = resp.status_code
-                if status == 200:
-                    self._quota.success(attempt > 0)
-                    return self._stream(resp)
-                if status in (301, 307, 400):
-                    resp.raw.close()
-                    self._slow_buckets.add(obj.bucket)
-                    return self._fetch_boto(obj)
-                raise self._client_error(resp)
-            except (self._exc.ClientError, self._exc.ConnectionError, self._exc.HTTPClientError) as exc:
-                if not self._transient(exc):
-                    raise
-                attempt += 1
-                throttled = _throttling(exc)
-                if attempt >= self.retries or not self._quota.acquire(exc) or stop.is_set():
-                    raise
-                base = 1.0 if throttled else 0.05
-                stop.wait(random.random() * min(base * 2 ** (attempt - 1), 20.0))
+                for chunk in stream:
+                    yield chunk
+            except (obstore.exceptions.BaseError, OSError) as exc:
+                raise self._from_obstore(exc) from None
 
-    def _send_presigned(self, obj: RemoteObject) -> Any:
-        from botocore.awsrequest import AWSRequest
+        return None, chunks(), lambda _complete: None
 
-        url = self._presigner.generate_presigned_url(
-            "get_object", Params={"Bucket": obj.bucket, "Key": obj.key}, ExpiresIn=900
-        )
-        request = AWSRequest(method="GET", url=url, headers={"If-Match": f'"{obj.etag}"'}).prepare()
-        request.stream_output = True
+    def _store(self, bucket: str) -> Any:
+        """The obstore store for ``bucket`` (one per bucket; each keeps its connection pool)."""
+        with self._stores_lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = self._stores[bucket] = self._make_store(bucket)
+            return store
+
+    def _make_store(self, bucket: str) -> Any:
+        """An obstore S3Store reaching ``bucket`` exactly as the botocore client does.
+
+        Same endpoint and region (botocore resolved them from arguments, environment and
+        profile), same credentials (the boto3 session's chain, refreshed through it), same
+        CA bundle, same timeouts, and retries bounded like botocore's standard mode.
+        """
+        from datetime import timedelta
+
+        from obstore.auth.boto3 import Boto3CredentialProvider
+        from obstore.store import S3Store
+
+        connect_timeout, read_timeout = self._timeouts
+        endpoint = self.endpoint
+        on_aws = (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com")
+        client_options: dict[str, Any] = {
+            "allow_http": endpoint.startswith("http://"),
+            "connect_timeout": timedelta(seconds=connect_timeout),
+            "read_timeout": timedelta(seconds=read_timeout),  # between reads, like botocore's
+            "timeout": timedelta(days=1),  # obstore's 30 s whole-request default would cut large files
+        }
+        ca_bundle = self._session._session.get_config_variable("ca_bundle")
+        if ca_bundle:
+            try:
+                client_options["root_certificate"] = Path(ca_bundle).read_text()
+            except OSError as exc:
+                raise DataSourceError(f"cannot read the CA bundle {ca_bundle} (AWS_CA_BUNDLE): {exc}") from None
+        addressing = (getattr(self._client.meta.config, "s3", None) or {}).get("addressing_style", "auto")
+        virtual = addressing == "virtual" or (addressing == "auto" and on_aws and "." not in bucket)
         try:
-            return self._http.send(request)
-        except self._exc.BotoCoreError as exc:
-            # botocore puts the request URL into its messages: drop the signed query.
-            kwargs = getattr(exc, "kwargs", None)
-            if isinstance(kwargs, dict) and kwargs.get("endpoint_url"):
-                try:
-                    clean = type(exc)(**{**kwargs, "endpoint_url": _strip_query(str(kwargs["endpoint_url"]))})
-                except Exception:  # noqa: BLE001 - an exception class with another signature
-                    clean = self._exc.HTTPClientError(error=_strip_query(str(exc)))
-                raise clean from None
-            raise
+            return S3Store(
+                bucket,
+                endpoint=None if on_aws else endpoint,
+                region=self._client.meta.region_name or "us-east-1",
+                virtual_hosted_style_request=virtual,
+                # botocore refreshes temporary credentials >= 10 min before they expire, so a
+                # frozen copy is good for 5 (the provider's default of 30 could outlive it).
+                credential_provider=Boto3CredentialProvider(self._session, ttl=timedelta(minutes=5)),
+                client_options=client_options,  # type: ignore[arg-type]
+                retry_config={
+                    "max_retries": self.retries - 1,
+                    "retry_timeout": timedelta(seconds=max(60.0, 4 * (connect_timeout + read_timeout))),
+                    "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=20)},
+                },
+            )
+        except (ValueError, self._obstore.exceptions.BaseError) as exc:
+            raise DataSourceError(f"cannot create an S3 client for endpoint {endpoint}: {exc}") from None
 
-    def _client_error(self, resp: Any) -> Any:
-        """The ClientError botocore would raise for an error response (body closed)."""
-        try:
-            text = resp.raw.read(64 * 1024).decode("utf-8", "replace")
-        except Exception:  # noqa: BLE001 - only for the message
-            text = ""
-        finally:
-            resp.raw.close()
-            resp.raw.release_conn()
-        status = resp.status_code
+    def _from_obstore(self, exc: BaseException) -> BaseException:
+        """The botocore-shaped error for an obstore one, so one set of rules classifies both.
+
+        obstore reports HTTP errors as text (``... status code: 412 Precondition Failed:
+        <Error><Code>PreconditionFailed</Code>...``); connection failures and timeouts have
+        no status and become :class:`ConnectionError` (transient).
+        """
+        text = str(exc).split("\n\nDebug source:", 1)[0]
+        status_match = _STATUS_RE.search(text)
+        if status_match is None:
+            return ConnectionError(_one_line(text))
+        status = int(status_match.group(1))
         code = _xml_field(text, "Code") or str(status)
         message = _xml_field(text, "Message") or http.client.responses.get(status, "")
-        return self._exc.ClientError(
+        error: BaseException = self._exc.ClientError(
             {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
             "GetObject",
         )
+        return error
 
-    def _stream(self, resp: Any) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
-        raw = resp.raw
-        h = resp.headers
-        headers = {
-            "ServerSideEncryption": h.get("x-amz-server-side-encryption", ""),
-            "SSECustomerAlgorithm": h.get("x-amz-server-side-encryption-customer-algorithm", ""),
-        }
-        exc = self._exc
-
-        def chunks() -> Any:
-            while True:
-                try:
-                    chunk = raw.read(_CHUNK)
-                except _Urllib3ReadTimeout as e:
-                    raise exc.ReadTimeoutError(
-                        endpoint_url=_strip_query(str(getattr(e, "url", "") or "")), error=e
-                    ) from None
-                except _Urllib3Error as e:
-                    raise exc.ResponseStreamingError(error=e) from None
-                if not chunk:
-                    return
-                yield chunk
-
-        def close(complete: bool) -> None:
-            if not complete:
-                raw.close()  # unread bytes: never hand this connection back for reuse
-            raw.release_conn()
-
-        return headers, chunks(), close
-
-    def _fetch_boto(self, obj: RemoteObject) -> tuple[dict[str, str], Any, Callable[[bool], None]]:
+    def _fetch_boto(self, obj: RemoteObject) -> tuple[bool | None, Iterator[bytes], Callable[[bool], None]]:
         response = self._client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
         body = response["Body"]
-        headers = {
-            "ServerSideEncryption": response.get("ServerSideEncryption", ""),
-            "SSECustomerAlgorithm": response.get("SSECustomerAlgorithm", ""),
-        }
-        return headers, body.iter_chunks(_CHUNK), lambda _complete: body.close()
+        return _encrypted(response), body.iter_chunks(_CHUNK), lambda _complete: body.close()
 
     # ------------------------------------------------------------------ uploads
 
@@ -845,53 +838,8 @@ class S3Client:
         return DataSourceError(f"{doing} {url} failed (endpoint {self.endpoint}): {_describe(exc)}")
 
 
-class _Urllib3Error(Exception):
-    """Placeholder until boto3 is imported (replaced by urllib3's HTTPError)."""
-
-
-class _Urllib3ReadTimeout(Exception):
-    """Placeholder until boto3 is imported (replaced by urllib3's ReadTimeoutError)."""
-
-
-def _load_urllib3() -> None:
-    global _Urllib3Error, _Urllib3ReadTimeout
-    import urllib3.exceptions
-
-    _Urllib3Error = urllib3.exceptions.HTTPError  # type: ignore[misc,assignment]
-    _Urllib3ReadTimeout = urllib3.exceptions.ReadTimeoutError  # type: ignore[misc,assignment]
-
-
-class _RetryQuota:
-    """botocore's standard-mode retry quota: retries spend tokens, successes refill them."""
-
-    def __init__(self, capacity: int = 500) -> None:
-        self._capacity = self._available = capacity
-        self._lock = threading.Lock()
-
-    def acquire(self, exc: BaseException) -> bool:
-        cost = 10 if isinstance(exc, (TimeoutError,)) or "Timeout" in type(exc).__name__ else 5
-        with self._lock:
-            if self._available < cost:
-                return False
-            self._available -= cost
-            return True
-
-    def success(self, retried: bool) -> None:
-        with self._lock:
-            self._available = min(self._capacity, self._available + (5 if retried else 1))
-
-
-_THROTTLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-    }
-)
-_SIGNED_QUERY_RE = re.compile(r"\?[^\s\"'<>]*(?:Signature|X-Amz-|AWSAccessKeyId)[^\s\"'<>]*")
+# obstore's text for an HTTP error: "... Server returned non-2xx status code: 412 Precondition Failed: <body>"
+_STATUS_RE = re.compile(r"status code: (\d{3})")
 _XML_FIELDS = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in ("Code", "Message")}
 
 
@@ -955,22 +903,20 @@ def _multipart_etag(path: Path, sizes: list[int]) -> str:
     return f"{outer.hexdigest()}-{len(sizes)}"
 
 
-def _throttling(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return False
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return status == 429 or str(response.get("Error", {}).get("Code", "")) in _THROTTLE_CODES
+def _encrypted(response: dict[str, Any]) -> bool:
+    """Whether a GET/HEAD response says SSE-KMS or SSE-C: then the ETag is not the content MD5."""
+    return str(response.get("ServerSideEncryption") or "").startswith("aws:kms") or bool(
+        response.get("SSECustomerAlgorithm")
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _xml_field(text: str, name: str) -> str:
     match = _XML_FIELDS[name].search(text)
     return match.group(1).strip() if match else ""
-
-
-def _strip_query(text: str) -> str:
-    """``text`` without signed query strings (presigned URLs carry credentials)."""
-    return _SIGNED_QUERY_RE.sub("", text)
 
 
 def _describe(exc: BaseException) -> str:
@@ -980,7 +926,7 @@ def _describe(exc: BaseException) -> str:
         err = response.get("Error", {})
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{err.get('Code', '?')} (HTTP {status}): {err.get('Message', '')}".rstrip(": ")
-    text = _strip_query(str(exc).strip() or repr(exc))
+    text = _one_line(str(exc).strip() or repr(exc))
     return f"{type(exc).__name__}: {text}"
 
 

@@ -36,8 +36,8 @@ def leftovers(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- no I/O
 
 
-def test_import_does_not_import_boto3() -> None:
-    code = "import sys, tasks.adapters.s3; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 's3transfer')]; print(bad)"
+def test_import_does_not_import_boto3_or_obstore() -> None:
+    code = "import sys, tasks.adapters.s3; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 's3transfer', 'obstore')]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -237,6 +237,33 @@ def test_object_changed_between_list_and_get_is_not_retried(
         client.download_many(objs, tmp_path / "out")
     assert changed in str(info.value)
     assert not (tmp_path / "out" / "a.txt").exists() and leftovers(tmp_path) == []
+
+
+def test_keys_with_any_characters_s3_allows_are_fetched_byte_exact(s3_env: str, tmp_path: Path) -> None:
+    names = ["a b.jpg", "ü/日本.png", "a+b.jpg", "a%20b.jpg", "x#y?.jpg", "[x]~^{}.jpg", "tab\tname.txt", "d/.hidden"]
+    files = {name: name.encode() * 3 for name in names}
+    bucket = unique_bucket()
+    make_bucket(s3_env, bucket, files)
+    client = S3Client(endpoint_url=s3_env)
+
+    got = client.download_many(client.list_objects(S3Location(bucket, "")), tmp_path / "out")
+
+    assert got == {name: md5(data) for name, data in files.items()}
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in names} == files
+
+
+def test_a_bucket_in_another_region_is_fetched_through_botocores_redirects(
+    s3_env: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    files = {"a.txt": b"first", "b.txt": b"second"}
+    client, objs = _proxied_objects(s3_env, fault_proxy, files)
+    fault_proxy.configure(redirect={"a.txt": 1})  # the fast path's GET is answered 301 once
+
+    got = client.download_many(objs, tmp_path / "out")
+
+    assert got == {rel: md5(data) for rel, data in files.items()}
+    assert fault_proxy.counts["redirect"] == 1 and fault_proxy.counts["get"] == 3  # a.txt asked again
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"first" and leftovers(tmp_path) == []
 
 
 def test_deleted_object_fails_fast(s3_env: str, fault_proxy: FaultProxy, tmp_path: Path) -> None:
