@@ -30,6 +30,8 @@ from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
 from tasks.run_lease import REPRODUCES_TAG, RUN_DIR_TAG, Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
+from tasks.data_wait import diagnose_run
+from tasks.gpu_scope import runner_gpus
 from tasks.summary import RunSummary
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
@@ -162,7 +164,8 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
             tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, attempt.resumed_after))})
         job, resumed = attempt.job, attempt.resumed_after
     try:
-        with live_logging(Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning):
+        gpus = runner_gpus(job.args, runner)
+        with live_logging(Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning, gpus):
             runner.run(job, {}, logger.info)
     except TrainingError as exc:
         exc.resumable = worth_retrying(exc.killed, Path(job.run_dir))
@@ -335,7 +338,11 @@ def train_flow(
     record = tracker.get_run(run_id)
     url = tracker.run_url(record)
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
-    publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics))
+    verdict = diagnose_run(out)
+    if verdict is not None:
+        (logger.warning if verdict.starved else logger.info)(verdict.text)
+    notes = (verdict.text,) if verdict is not None else ()
+    publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics, notes))
     result = TrainResult(
         run_id=run_id,
         run_name=name,

@@ -29,9 +29,13 @@ class Check:
 
 
 def run_checks(
-    params: Params, *, nvml: Any | None = None, docker_client: Callable[[], Any] | None = None
+    params: Params,
+    *,
+    nvml: Any | None = None,
+    docker_client: Callable[[], Any] | None = None,
+    torch_build: Callable[[], dict[str, Any]] | None = None,
 ) -> list[Check]:
-    """Every check for these params; ``nvml``/``docker_client`` are injectable for tests."""
+    """Every check for these params; ``nvml``/``docker_client``/``torch_build`` are injectable for tests."""
     checks: list[Check] = []
     docker_needed = params.runner.kind == "docker"
     gpus_wanted = docker_needed and str(params.container.gpus).lower() != "none"
@@ -87,6 +91,11 @@ def run_checks(
             )
         )
 
+    if params.runner.kind == "local" and report.available and report.gpus and report.cuda_driver:
+        check = _driver_vs_torch(params, report.cuda_driver, torch_build)
+        if check is not None:
+            checks.append(check)
+
     if client is not None and params.container.image:
         from tasks.adapters.docker_engine import resolve_image
 
@@ -141,6 +150,49 @@ def run_checks(
 
     checks.append(_source_check(params))
     return checks
+
+
+def _driver_vs_torch(
+    params: Params, driver_cuda: str, torch_build: Callable[[], dict[str, Any]] | None
+) -> Check | None:
+    """The local runner trains with this interpreter's torch: is the driver new enough for its CUDA build?
+
+    Same major version, older minor: CUDA's minor-version compatibility runs it (a warning: kernels
+    shipped only as PTX for newer GPUs cannot be compiled). An older major: torch finds no usable
+    GPU, and with ``train.device`` unset Ultralytics then quietly trains on the CPU.
+    """
+    if torch_build is None:
+        from tasks.adapters.torch_environment import describe_interpreter
+
+        torch_build = describe_interpreter
+    build = torch_build()
+    torch_cuda = build.get("cuda")
+    if not torch_cuda:
+        return None  # a CPU or ROCm build: the CUDA driver is not its business
+    device = params.train.get("device")
+    explicit = device is not None and str(device).strip().lower() not in ("cpu", "mps", "")
+    name = "driver vs torch CUDA"
+    detail = f"driver supports CUDA {driver_cuda}, torch {build.get('torch')} is built for CUDA {torch_cuda}"
+    if cuda_at_least(driver_cuda, torch_cuda):
+        return Check(name, True, explicit, detail)
+    major = torch_cuda.split(".")[0]
+    if driver_cuda.split(".")[0] == major:
+        return Check(
+            name,
+            False,
+            False,
+            detail + " (runs through CUDA's minor-version compatibility)",
+            f"upgrade the NVIDIA driver to one supporting CUDA {torch_cuda} to be sure every kernel runs",
+        )
+    return Check(
+        name,
+        False,
+        explicit,
+        detail + ("" if explicit else "; with train.device unset, Ultralytics would quietly train on the CPU"),
+        f"upgrade the NVIDIA driver to one supporting CUDA {torch_cuda}, or install a torch built for CUDA "
+        f"{driver_cuda.split('.')[0]}.x (pip install torch --index-url https://download.pytorch.org/whl/"
+        f"cu{driver_cuda.replace('.', '')}) and update the lock",
+    )
 
 
 def _source_check(params: Params) -> Check:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from tasks.job import EPOCHS_FILE, read_epochs
 
@@ -30,8 +30,16 @@ FLUSH_SECONDS = 5.0  # how long the end of a training waits for MLflow to take t
 class EpochFollower:
     """Reads ``run_dir/epochs.jsonl`` as it grows and queues each epoch after ``logged_through`` once."""
 
-    def __init__(self, sink: "EpochLogger", run_dir: Path, logged_through: int = 0, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        sink: "EpochLogger",
+        run_dir: Path,
+        logged_through: int = 0,
+        poll: float = POLL_SECONDS,
+        extra: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
         self.sink, self.path, self.poll = sink, run_dir / EPOCHS_FILE, poll
+        self.extra = extra  # figures the flow measured during the epoch (GPU telemetry), added to it
         self.sent: set[int] = set(range(1, logged_through + 1))
         self._offset = 0
         self._stop = threading.Event()
@@ -52,7 +60,8 @@ class EpochFollower:
         epochs, self._offset = read_epochs(self.path, self._offset)
         new = sorted(e for e in epochs if e not in self.sent)
         for epoch in new:
-            self.sink.put(epoch, epochs[epoch])
+            extra = self.extra() if self.extra is not None else {}
+            self.sink.put(epoch, {**epochs[epoch], **extra})
             self.sent.add(epoch)
         return new
 
@@ -71,14 +80,37 @@ class EpochFollower:
 
 @contextlib.contextmanager
 def live_logging(
-    tracker: "Tracker", run_id: str, run_dir: Path, logged_through: int, say: Callable[[str], None]
+    tracker: "Tracker",
+    run_id: str,
+    run_dir: Path,
+    logged_through: int,
+    say: Callable[[str], None],
+    gpus: Sequence[str] | None = (),
+    nvml: Any = None,
 ) -> Iterator[EpochFollower]:
-    """While the block runs a training into ``run_dir``: its epochs and MLflow's system metrics to ``run_id``."""
-    from tasks.adapters.mlflow_tracking import EpochLogger, system_metrics
+    """While the block runs a training into ``run_dir``: its epochs and system metrics to ``run_id``.
 
-    follower = EpochFollower(EpochLogger(tracker, run_id, say), run_dir, logged_through).start()
+    ``gpus``: the job's GPUs as NVML selectors (tasks.gpu_scope; ``()`` for a CPU training, None
+    for all of the host's). Only those are sampled, into MLflow's system metrics and, per epoch,
+    ``perf/gpu_utilization_mean``/``_p95`` and ``perf/gpu_memory_peak_mb``. Without a readable GPU
+    the telemetry is off and ``say`` tells so once. ``nvml`` replaces pynvml (tests).
+    """
+    from tasks.adapters.mlflow_tracking import EpochLogger, system_metrics
+    from tasks.adapters.nvml import GpuSampler
+
+    sampler: GpuSampler | None = None
+    if gpus is None or len(gpus):
+        opened = GpuSampler.open(None if gpus is None else list(gpus), nvml)
+        if isinstance(opened, str):
+            say(f"GPU telemetry is off for this run: {opened}")
+        else:
+            sampler = opened
+    extra = sampler.epoch_summary if sampler is not None else None
+    follower = EpochFollower(EpochLogger(tracker, run_id, say), run_dir, logged_through, extra=extra).start()
     try:
-        with system_metrics(run_id, tracker.uri, say):
+        with system_metrics(run_id, tracker.uri, say, gpu=sampler):
             yield follower
     finally:
         follower.stop()
+        if sampler is not None:
+            sampler.close()

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from tasks.data_wait import TAG as DATA_WAIT_TAG
+from tasks.data_wait import diagnose_run
 from tasks.errors import TrackingError, interruption_signal
 from tasks.evaluate import write_metrics
 from tasks.job import failure_text, write_atomic
@@ -72,7 +74,11 @@ def finish_run(
         tracker.log_artifact(run_id, path)
     # "complete" marks a run that trained every epoch: only such a run can make a later,
     # unchanged scheduled run "up to date" (a reproduction of 3 epochs must not).
-    tracker.set_tags(run_id, {COMPLETE_TAG: "true" if complete else "false", RUN_DIR_TAG: str(run_dir)})
+    tags = {COMPLETE_TAG: "true" if complete else "false", RUN_DIR_TAG: str(run_dir)}
+    verdict = diagnose_run(run_dir)
+    if verdict is not None:
+        tags[DATA_WAIT_TAG] = verdict.text
+    tracker.set_tags(run_id, tags)
     if registry is not None and complete:
         try:
             registration = register_run(tracker, run_id, run_dir, registry, metrics, warn)

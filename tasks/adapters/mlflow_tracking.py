@@ -658,10 +658,20 @@ class EpochLogger:
             delay = 1.0
 
 
-def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
-    """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk, network; GPU
-    through NVML where there is one) for the run, while the training lasts; the UI's System metrics
-    tab shows them. Never fails a training: without them it just goes on."""
+# MLflow's monitors that sample every GPU of the host (NVIDIA, AMD).
+_HOST_GPU_MONITORS = frozenset({"GPUMonitor", "ROCMMonitor"})
+
+
+def system_metrics(
+    run_id: str, uri: str, say: Callable[[str], None], gpu: Any = None
+) -> contextlib.AbstractContextManager[None]:
+    """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk, network) for
+    the run, while the training lasts; the UI's System metrics tab shows them. Never fails a training:
+    without them it just goes on.
+
+    GPUs: MLflow's own GPU monitor samples every GPU of the host, other jobs' included; it is
+    replaced by ``gpu`` (tasks.adapters.nvml.GpuSampler, the job's GPUs only), or dropped for a
+    training without GPUs."""
 
     monitors: list[Any] = []
 
@@ -677,6 +687,9 @@ def system_metrics(run_id: str, uri: str, say: Callable[[str], None]) -> context
             monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
                 run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri
             )
+            # MLflow's monitors live in `monitors` (tests/tasks/adapters/test_mlflow_tracking.py pins it)
+            kept = [m for m in monitor.monitors if type(m).__name__ not in _HOST_GPU_MONITORS]
+            monitor.monitors = kept + ([gpu] if gpu is not None else [])
             monitor.start()  # type: ignore[no-untyped-call]
             monitors.append(monitor)
         except Exception as exc:  # psutil missing, a store that refuses: no system metrics, same training

@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -230,6 +231,10 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
                 self.last, self.best = last, best
             return saved
 
+        def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train") -> Any:
+            loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+            return BatchClock(loader) if mode == "train" else loader
+
         def final_eval(self) -> None:
             # Ultralytics re-fires on_fit_epoch_end for the validation of best.pt, as a fake
             # epoch N+1; those numbers are the run's final metrics, not an epoch.
@@ -277,6 +282,9 @@ def _log_epoch(trainer: Any) -> None:
         **trainer.lr,
     }
     metrics.pop("fitness", None)
+    clock = getattr(trainer, "train_loader", None)
+    if isinstance(clock, BatchClock):
+        metrics.update(clock.epoch_metrics())
     try:
         append_epoch(Path(job.run_dir), epoch, {k: float(v) for k, v in metrics.items()})
     except (OSError, TypeError, ValueError) as exc:  # never kills a training: the flow backfills from results.csv
@@ -290,9 +298,75 @@ def _write_outcome(trainer: Any) -> None:
         best=str(trainer.best) if Path(trainer.best).exists() else None,
         last=str(trainer.last) if Path(trainer.last).exists() else None,
         final_metrics={k: float(v) for k, v in (trainer.metrics or {}).items()},
-        runtime=runtime_facts(job),
+        runtime={**runtime_facts(job), **_loader_facts(trainer)},
     )
     (Path(job.run_dir) / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
+
+
+def _loader_facts(trainer: Any) -> dict[str, Any]:
+    """The data loader's settings as they were in effect (Ultralytics may lower ``workers``)."""
+    loader = getattr(trainer, "train_loader", None)
+    facts: dict[str, Any] = {"cache": str(getattr(trainer.args, "cache", ""))}
+    if loader is not None and hasattr(loader, "num_workers"):
+        facts["workers"] = int(loader.num_workers)
+    return facts
+
+
+class BatchClock:
+    """The training data loader, timed: how long the training loop waited in ``next()`` for each batch.
+
+    Everything else is the wrapped loader's (``reset``, ``close``, ``dataset``, ``sampler``,
+    ``num_workers``, ``len``): Ultralytics uses it as it would the loader itself. Figures are
+    per pass over the loader, i.e. per epoch, and read by ``_log_epoch`` after the pass.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.wait_s = self.loop_s = 0.0
+        self.images = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy/unpickle): never recurse
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        clock = time.perf_counter
+        self.wait_s = self.loop_s = 0.0
+        self.images = 0
+        batches = iter(self.loader)
+        start = clock()
+        while True:
+            asked = clock()
+            self.loop_s = asked - start  # also right when the loop stops early (time limit, stop)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.wait_s += clock() - asked
+            self.images += _batch_images(batch)
+            yield batch
+
+    def epoch_metrics(self) -> dict[str, float]:
+        if self.loop_s <= 0.0:
+            return {}
+        return {
+            "perf/data_wait_s": self.wait_s,
+            "perf/train_loop_s": self.loop_s,
+            "perf/data_wait_pct": 100.0 * self.wait_s / self.loop_s,
+            "perf/images_per_s": self.images / self.loop_s,
+        }
+
+
+def _batch_images(batch: Any) -> int:
+    images = batch.get("img") if isinstance(batch, dict) else None
+    try:
+        return len(images) if images is not None else 0
+    except TypeError:
+        return 0
 
 
 def _finish_trained(job: TrainJob, ckpt: dict[str, Any], epochs: int) -> TrainOutcome:
@@ -359,7 +433,27 @@ def runtime_facts(job: TrainJob) -> dict[str, Any]:
         "in_container": Path("/.dockerenv").exists(),
         "data_dir": str(root),
         "data_dir_writable": data_writable,
+        "data_fs": _filesystem_of(root),
     }
+
+
+def _filesystem_of(path: Path) -> str:
+    """The filesystem type ``path`` is on, as this process sees it (/proc/self/mounts; "" where unknown)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target = str(path.resolve())
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, fields[2]
+    return kind
 
 
 def _strip_foreign_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> None:

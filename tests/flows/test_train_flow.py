@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.data_wait import IMAGES_PER_S, LOOP_S, TAG as DATA_WAIT_TAG, WAIT_PCT, WAIT_S
 from tasks.errors import DatasetError, TrackingError
 from tasks.params import load_params, params_hash
 from tasks.adapters.mlflow_tracking import Tracker
@@ -89,6 +90,18 @@ def test_every_epoch_logged_with_step_equal_epoch(trained: dict) -> None:
     for key in ("mAP50", "mAP50-95", "precision", "recall", "epochs"):
         assert final[key] == pytest.approx(metrics_json[key]), key
         assert tracker.metric_history(run_id, key) == [(2, final[key])], key
+
+
+def test_data_wait_is_logged_per_epoch_and_the_demo_is_not_data_starved(trained: dict) -> None:
+    tracker: Tracker = trained["tracker"]
+    run_id = trained["result"].run_id
+    for key in (WAIT_S, LOOP_S, WAIT_PCT, IMAGES_PER_S):
+        assert [step for step, _ in tracker.metric_history(run_id, key)] == [1, 2], key
+    assert all(0 <= pct < 100 for _, pct in tracker.metric_history(run_id, WAIT_PCT))
+    (run,) = tracker.search_runs("flow-test")
+    verdict = run.tags[DATA_WAIT_TAG]
+    assert verdict.startswith(("not data-starved: ", "some data wait: ")), verdict
+    assert "images/s over 1 epoch" in verdict  # epoch 1 (loader start-up) left out
 
 
 def test_artifacts_weights_results_plots_and_resolved_params(trained: dict) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
+
+import pytest
 
 from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
 from tasks.job import EPOCHS_FILE, append_epoch
 from tasks.live_logging import EpochFollower, live_logging
 from tests.conftest import free_port
+from tests.tasks.adapters.test_nvml import FakeNvml
 
 
 def _history(tracker: Tracker, run_id: str) -> list[tuple[int, float]]:
@@ -61,3 +65,49 @@ def test_a_dead_server_costs_the_end_of_a_training_seconds_and_keeps_the_epochs(
     started = time.monotonic()
     assert follower.stop(timeout=1) == [1]  # left in epochs.jsonl for the finish's back-fill
     assert time.monotonic() - started < 10
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()
+
+
+def test_gpu_telemetry_samples_the_jobs_gpu_only_and_sums_up_each_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # We have no GPU: NVML is faked (two GPUs; the job was given GPU 1); MLflow and its monitor are real.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    said: list[str] = []
+    with live_logging(tracker, run_id, tmp_path, 0, said.append, gpus=["1"], nvml=FakeNvml()):
+        assert _wait_for(lambda: bool(tracker.metric_history(run_id, "system/gpu_1_utilization_percentage")))
+        append_epoch(tmp_path, 1, {"train/box_loss": 1.0})
+        assert _wait_for(lambda: bool(tracker.metric_history(run_id, "perf/gpu_utilization_mean")))
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert not [k for k in metrics if k.startswith("system/gpu_0")], "another job's GPU was sampled"
+    for name in ("memory_usage_megabytes", "power_usage_watts", "temperature_celsius", "throttled"):
+        assert f"system/gpu_1_{name}" in metrics, name
+    assert "system/cpu_utilization_percentage" in metrics  # MLflow's own monitors are kept
+    ((step, mean),) = tracker.metric_history(run_id, "perf/gpu_utilization_mean")
+    assert step == 1 and 11 <= mean <= metrics["perf/gpu_utilization_p95"]
+    assert metrics["perf/gpu_memory_peak_mb"] == (11 << 30) / 1e6
+    assert not [s for s in said if "GPU" in s]
+
+
+def test_without_a_driver_gpu_telemetry_is_off_and_says_so_once(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    said: list[str] = []
+    with live_logging(tracker, run_id, tmp_path, 0, said.append, gpus=["0"], nvml=FakeNvml(gpus=0)):
+        append_epoch(tmp_path, 1, {"train/box_loss": 1.0})
+    assert [s for s in said if "GPU" in s] == [
+        "GPU telemetry is off for this run: the job's GPUs ['0'] cannot be read (Invalid Argument)"
+    ]
+    assert tracker.metric_history(run_id, "train/box_loss") == [(1, 1.0)]
+    said.clear()
+    with live_logging(tracker, run_id, tmp_path, 1, said.append, gpus=[]):  # a CPU training: nothing to say
+        pass
+    assert not [s for s in said if "GPU" in s]

@@ -23,6 +23,7 @@ from tasks.params import load_params
 from tasks.adapters.mlflow_tracking import EpochLogger, Tracker, backfill_epochs, read_results_csv
 from tasks.adapters.ultralytics_trainer import train_yolo
 from tasks.job import EPOCHS_FILE, JOB_FILE, LAST, TrainJob, TrainOutcome, read_epochs, resume_point, trim_results
+from tasks.data_wait import IMAGES_PER_S, LOOP_S, WAIT_PCT, WAIT_S, diagnose, diagnose_run
 from tasks.live_logging import EpochFollower
 from tests.conftest import REPO, TINY
 
@@ -49,6 +50,25 @@ def kill(trainer):
         os.kill(os.getpid(), signal.SIGKILL)
 
 default_callbacks["on_model_save"].append(kill)
+sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
+runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
+"""
+
+
+# The training entry point with a data path that cannot keep up: every batch reaches the training
+# loop 0.4 s late (Ultralytics' own loader, slowed; validation's batches too).
+SLOW_BATCHES = """
+import runpy, sys, time
+from ultralytics.data import build
+
+fast = build.InfiniteDataLoader.__iter__
+
+def slow(self):
+    for batch in fast(self):
+        time.sleep(0.4)
+        yield batch
+
+build.InfiniteDataLoader.__iter__ = slow
 sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
 runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 """
@@ -386,3 +406,32 @@ def test_a_device_the_container_lacks_is_refused_before_training(
     with pytest.raises(ParamsError, match="train.device") as info:
         load_params(write_params(tmp_path, device, gpus))
     assert says in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_training_whose_batches_arrive_late_is_diagnosed_data_starved(tmp_path: Path) -> None:
+    data = generate_demo_dataset(tmp_path / "data", TINY)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = TrainJob(run_dir=str(run_dir), data_yaml=str(data / "data.yaml"), args={**ARGS, "epochs": 2})
+    proc = train(job, child_env(tmp_path), SLOW_BATCHES)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    epochs = read_epochs(run_dir / EPOCHS_FILE)[0]
+    batches = 2  # 16 training images, batch 8
+    for figures in epochs.values():
+        assert figures[WAIT_S] >= 0.4 * batches and figures[LOOP_S] > figures[WAIT_S]
+        assert figures[WAIT_PCT] == pytest.approx(100 * figures[WAIT_S] / figures[LOOP_S])
+        assert figures[IMAGES_PER_S] == pytest.approx(16 / figures[LOOP_S])
+    verdict = diagnose_run(run_dir)
+    assert verdict is not None and verdict.starved, verdict
+    assert verdict.text.startswith("data-starved: ") and "(workers=0, cache=False, data on " in verdict.text
+    assert "raise train.workers" in verdict.text
+
+
+def test_the_data_wait_of_an_ordinary_training_is_measured_and_not_starved(killed: dict[str, Any]) -> None:
+    # the killed training's first epoch, trained with Ultralytics' loader as it is
+    figures = read_epochs(killed["copy"] / EPOCHS_FILE)[0][1]
+    assert 0 <= figures[WAIT_S] < figures[LOOP_S] and figures[IMAGES_PER_S] > 0
+    verdict = diagnose({1: figures})
+    assert verdict is not None and not verdict.starved, verdict
