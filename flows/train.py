@@ -34,7 +34,7 @@ from tasks.data_wait import diagnose_run
 from tasks.gpu_scope import runner_gpus
 from tasks.summary import RunSummary
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
-from tasks.job import TrainJob, is_retry, plan_retry, prepare_run_dir, worth_retrying
+from tasks.job import TrainJob, is_retry, note_out_of_memory, plan_retry, prepare_run_dir, worth_retrying
 from tasks.live_logging import live_logging
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
@@ -138,6 +138,7 @@ def log_dataset_task(tracking_uri: str, run_id: str, staged: StagedDataset, repo
 
 
 RESUMED_TAG = "trainyard.resumed_after"  # the epochs after which a killed training was resumed, "3,7"
+OOM_TAG = "trainyard.oom_recoveries"  # each out-of-memory recovery: "epoch 3: batch 16 -> 8"
 
 
 def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
@@ -162,12 +163,17 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
         logger.warning("%s, into MLflow run %s", attempt.note, run_id)
         if attempt.job.resume:
             tracker.set_tags(run_id, {RESUMED_TAG: ",".join(map(str, attempt.resumed_after))})
+        if attempt.recovery:
+            before = tracker.get_run(run_id).tags.get(OOM_TAG, "")
+            tracker.set_tags(run_id, {OOM_TAG: "; ".join(x for x in (before, attempt.recovery) if x)})
         job, resumed = attempt.job, attempt.resumed_after
     try:
         gpus = runner_gpus(job.args, runner)
         with live_logging(Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning, gpus):
             runner.run(job, {}, logger.info)
     except TrainingError as exc:
+        if exc.out_of_memory:
+            note_out_of_memory(job, "the container was OOMKilled")
         exc.resumable = worth_retrying(exc.killed, Path(job.run_dir))
         raise
     except BaseException as exc:
@@ -311,7 +317,13 @@ def train_flow(
                 (out / "params.yaml").write_text(params.to_yaml())
                 (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
                 data_yaml = staged.training_yaml(out / "data.yaml")
-                job = TrainJob(run_dir=str(out), data_yaml=str(data_yaml), args=train_args, stop_after=stop_after)
+                job = TrainJob(
+                    run_dir=str(out),
+                    data_yaml=str(data_yaml),
+                    args=train_args,
+                    stop_after=stop_after,
+                    oom_min_batch=params.runner.oom_min_batch,
+                )
                 with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
                     resumed = train_task.with_options(
                         retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
@@ -342,6 +354,8 @@ def train_flow(
     if verdict is not None:
         (logger.warning if verdict.starved else logger.info)(verdict.text)
     notes = (verdict.text,) if verdict is not None else ()
+    if record.tags.get(OOM_TAG):
+        notes = (f"recovered from running out of memory: {record.tags[OOM_TAG]}", *notes)
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics, notes))
     result = TrainResult(
         run_id=run_id,

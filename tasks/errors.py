@@ -124,12 +124,14 @@ class TrainingError(RunnerError):
     """Training started but did not finish successfully.
 
     ``killed``: the process or container was killed (a signal, the OOM killer), not a Python
-    error; ``resumable``: set by the flow when a retry can resume from the run's last.pt.
+    error; ``out_of_memory``: it was a container's memory limit (OOMKilled); ``resumable``: set
+    by the flow when a retry can resume from the run's last.pt.
     """
 
-    def __init__(self, message: str, killed: bool = False) -> None:
+    def __init__(self, message: str, killed: bool = False, out_of_memory: bool = False) -> None:
         super().__init__(message)
         self.killed = killed
+        self.out_of_memory = out_of_memory
         self.resumable = False
 
 

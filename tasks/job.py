@@ -29,6 +29,7 @@ PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed int
 # results.csv holds the same numbers printed to 6 significant digits; this file holds them exactly,
 # which `trainyard reproduce` needs to call two trainings bit-identical.
 EPOCHS_FILE = "epochs.jsonl"
+OOM_FILE = "oom.json"  # left by a training that ran out of memory: the epoch and batch it had (OutOfMemory)
 WAIT_FLAG = "--wait"  # the training entry point's "start now, read the job's path from stdin" (LocalRunner.warm_up)
 
 
@@ -42,6 +43,7 @@ class TrainJob:
     stop_after: int | None = None  # stop after this many epochs, keeping the schedule of args["epochs"]
     resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
     logged_through: int = 0  # epochs 1..N are already in the MLflow run: never logged again (epochs.jsonl skips them)
+    oom_min_batch: int = 1  # runner.oom_min_batch: an out-of-memory retry never halves the batch below this
 
     def write(self, path: Path) -> Path:
         # Fields at their default are left out: a job that needs nothing new stays readable by
@@ -282,12 +284,32 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @dataclass(frozen=True)
+class OutOfMemory:
+    """What a training that ran out of GPU (or container) memory leaves in ``run_dir/oom.json``."""
+
+    epoch: int  # the 1-based epoch it was training
+    batch: int  # the batch size it had then
+    what: str  # the error, one line
+
+    def write(self, run_dir: Path) -> None:
+        write_atomic(run_dir / OOM_FILE, json.dumps(asdict(self)).encode())
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "OutOfMemory | None":
+        try:
+            return cls(**json.loads((run_dir / OOM_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
 class Attempt:
     """How a training attempt starts in a run directory an earlier attempt may have left behind."""
 
     job: TrainJob
     resumed_after: list[int]  # epochs after which this run resumed, this attempt included
     note: str  # what to tell the user
+    recovery: str | None = None  # an out-of-memory recovery, for the run's record: "epoch 3: batch 16 -> 8"
 
 
 def is_retry(run_dir: Path) -> bool:
@@ -304,8 +326,17 @@ def plan_retry(job: TrainJob, logged_through: int, resumed_before: list[int]) ->
     would append to its results.csv.
     """
     run_dir = Path(job.run_dir)
-    done = resume_point(run_dir)
-    if done is not None:
+    ckpt = resumable_checkpoint(run_dir / LAST)
+    done = None if ckpt is None else int(ckpt["epoch"]) + 1
+    oom = OutOfMemory.read(run_dir)
+    (run_dir / OOM_FILE).unlink(missing_ok=True)
+    if ckpt is not None and done is not None:
+        # a batch an earlier out-of-memory recovery lowered stays lowered (the retry starts from params' job)
+        batch = (ckpt.get("train_args") or {}).get("batch")
+        if isinstance(batch, int) and isinstance(job.args.get("batch"), int) and 0 < batch < job.args["batch"]:
+            job = replace(job, args={**job.args, "batch": batch})
+        if oom is not None:
+            return _halve_batch(job, oom, done, logged_through, resumed_before)
         note = f"resuming the training from {run_dir / LAST} after epoch {done}"
         return Attempt(replace(job, resume=True, logged_through=logged_through), [*resumed_before, done], note)
     clear_training_outputs(run_dir)
@@ -314,6 +345,42 @@ def plan_retry(job: TrainJob, logged_through: int, resumed_before: list[int]) ->
         list(resumed_before),
         "the previous attempt left no checkpoint to resume from; training again from epoch 1",
     )
+
+
+def note_out_of_memory(job: TrainJob, what: str) -> None:
+    """Record a memory kill the training process could not record itself (a container OOMKilled).
+
+    Kept when the training already left its own record (its CUDA error names the epoch exactly).
+    """
+    run_dir = Path(job.run_dir)
+    batch = job.args.get("batch")
+    if OutOfMemory.read(run_dir) is None and isinstance(batch, int) and batch > 0:
+        OutOfMemory(epoch=(resume_point(run_dir) or 0) + 1, batch=batch, what=what).write(run_dir)
+
+
+def _halve_batch(job: TrainJob, oom: OutOfMemory, done: int, logged_through: int, resumed_before: list[int]) -> Attempt:
+    """After an out-of-memory in epoch N: resume from last.pt with half the batch, not below ``oom_min_batch``.
+
+    Ultralytics itself halves the batch only within the first epoch, on one GPU; from the
+    second epoch on an OOM ends the training. ``batch`` is one of the arguments Ultralytics
+    takes from the caller on resume, so the rest of the schedule is the interrupted one.
+    """
+    from tasks.errors import TrainingError
+
+    half = oom.batch // 2
+    if half < max(1, job.oom_min_batch):
+        raise TrainingError(
+            f"the training ran out of memory in epoch {oom.epoch} at batch {oom.batch} ({oom.what}); halving it "
+            f"would go below runner.oom_min_batch ({job.oom_min_batch}): lower train.imgsz, use a smaller model "
+            "or a GPU with more memory, or lower runner.oom_min_batch"
+        )
+    recovery = f"epoch {oom.epoch}: batch {oom.batch} -> {half}"
+    note = (
+        f"out of memory in epoch {oom.epoch} at batch {oom.batch}: resuming from {Path(job.run_dir) / LAST} "
+        f"after epoch {done} with batch {half}"
+    )
+    resumed = replace(job, args={**job.args, "batch": half}, resume=True, logged_through=logged_through)
+    return Attempt(resumed, [*resumed_before, done], note, recovery)
 
 
 def worth_retrying(killed: bool, run_dir: Path) -> bool:

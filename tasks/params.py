@@ -147,6 +147,9 @@ class RunnerParams:
         2, "how often a crashed or killed training is resumed from last.pt, like 2 (0 = never)", _not_negative
     )
     retry_delay: int | float = _key(30, "seconds to wait before resuming a crashed training, like 30", _not_negative)
+    oom_min_batch: int = _key(
+        1, "the smallest batch an out-of-memory retry may halve train.batch to, like 2", _positive
+    )
 
 
 @dataclass(frozen=True)

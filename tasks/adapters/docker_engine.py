@@ -257,6 +257,7 @@ class DockerRunner:
                 f"the training container ran out of memory (OOMKilled); lower train.batch or "
                 f"train.imgsz, or give the container more memory; output in {run_dir}",
                 killed=True,
+                out_of_memory=True,
             )
         if code != 0:
             # 128+9: `docker kill`, the host's OOM killer or a lost node; 128+15: docker stop

@@ -46,12 +46,14 @@ from tasks.job import (
     LAST,
     OUTCOME_FILE,
     PARTIAL_SUFFIX,
+    OutOfMemory,
     TrainJob,
     WAIT_FLAG,
     TrainOutcome,
     append_epoch,
     data_root,
     resumable_checkpoint,
+    resume_point,
     trim_results,
 )
 
@@ -145,11 +147,41 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     from ultralytics import YOLO
 
     with _environ(JOB_ENV, str(job_path)):
-        YOLO(model_ref).train(trainer=trainer_class(), **kwargs)
+        model = YOLO(model_ref)
+        try:
+            model.train(trainer=trainer_class(), **kwargs)
+        except BaseException as exc:
+            if _out_of_memory(exc) and _is_main_rank():
+                _record_oom(job, getattr(model, "trainer", None), exc)
+            raise
     outcome = TrainOutcome.read(run_dir)
     if outcome is None:
         raise TrainingError(f"the training in {run_dir} ended without writing {OUTCOME_FILE}")
     return outcome
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory, as torch raises it or as its text says."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc)
+    return "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+
+
+def _record_oom(job: TrainJob, trainer: Any, exc: BaseException) -> None:
+    """Leave the epoch and batch of an out-of-memory in the run directory: the flow's retry halves the batch."""
+    run_dir = Path(job.run_dir)
+    epoch = int(getattr(trainer, "epoch", -1)) + 1 if trainer is not None else 0
+    if epoch <= 0:
+        epoch = (resume_point(run_dir) or 0) + 1
+    batch = getattr(trainer, "batch_size", None) or job.args.get("batch")
+    if not isinstance(batch, int) or batch < 1:
+        return  # an automatic batch (-1 or a memory fraction) the training had not settled yet
+    what = " ".join(str(exc).split())[:300] or type(exc).__name__
+    OutOfMemory(epoch=epoch, batch=batch, what=what).write(run_dir)
 
 
 def trainer_class() -> type["DetectionTrainer"]:

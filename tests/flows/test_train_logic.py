@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from prefect.logging import disable_run_logger
 
-from flows.train import RESUMED_TAG, retry_if_resumable, train_task
+from flows.train import OOM_TAG, RESUMED_TAG, retry_if_resumable, train_task
 from tasks.adapters.mlflow_tracking import Tracker
 from tasks.adapters.torch_environment import Environment
 from tasks.errors import TrainingError
-from tasks.job import TrainJob
+from tasks.job import OutOfMemory, TrainJob
 from tests.tasks.test_job import write_checkpoint
 
 
@@ -98,3 +98,30 @@ def test_a_retry_without_a_checkpoint_starts_over_in_a_clean_directory(run: Any)
     with disable_run_logger():
         assert train_task.fn(runner, job, uri, run_id) == []
     assert not runner.jobs[0].resume and RESUMED_TAG not in tracker.get_run(run_id).tags
+
+
+def out_of_memory_in(epoch: int, batch: int, oomkilled: bool = False) -> Callable[[Path], None]:
+    """A training out of memory as ``epoch`` starts: its CUDA error recorded by the trainer, or a container OOMKilled."""
+
+    def attempt(run_dir: Path) -> None:
+        write_checkpoint(run_dir, epoch - 2, batch=batch)
+        if oomkilled:
+            raise TrainingError("the training container ran out of memory (OOMKilled)", killed=True, out_of_memory=True)
+        OutOfMemory(epoch=epoch, batch=batch, what="CUDA out of memory").write(run_dir)
+        raise TrainingError("training process exited with code 1")
+
+    return attempt
+
+
+def test_out_of_memory_twice_halves_the_batch_twice_and_each_recovery_is_recorded(run: Any) -> None:
+    tracker, uri, run_id, job = run
+    job = TrainJob(run_dir=job.run_dir, data_yaml=job.data_yaml, args={"epochs": 6, "batch": 16}, oom_min_batch=2)
+    runner = FakeRunner(out_of_memory_in(3, 16), out_of_memory_in(5, 8, oomkilled=True), finishes)
+    with disable_run_logger():
+        for _ in range(2):
+            with pytest.raises(TrainingError) as info:
+                train_task.fn(runner, job, uri, run_id)  # Prefect retries the task with the same arguments
+            assert info.value.resumable
+        train_task.fn(runner, job, uri, run_id)
+    assert [j.args["batch"] for j in runner.jobs] == [16, 8, 4]
+    assert tracker.get_run(run_id).tags[OOM_TAG] == "epoch 3: batch 16 -> 8; epoch 5: batch 8 -> 4"

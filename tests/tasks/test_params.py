@@ -85,7 +85,7 @@ def test_typical_file_loads_with_every_value(tmp_path: Path) -> None:
     }
     assert params.data.source == "data/demo"
     assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
+    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30, "oom_min_batch": 1}
     assert params.tracking.uri is None
     assert params.tracking.experiment == "trainyard"
     assert params.path == path.resolve()
@@ -106,7 +106,7 @@ def test_omitted_trainyard_keys_get_their_defaults(tmp_path: Path) -> None:
         assert asdict(getattr(params, section)) == {key: spec.default for key, spec in keys.items()}, section
     assert params.data.source == "data/demo"
     assert asdict(params.stage) == {"root": None, "max_gb": None, "verify": False, "workers": 32}
-    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30}
+    assert asdict(params.runner) == {"kind": "local", "retries": 2, "retry_delay": 30, "oom_min_batch": 1}
     assert asdict(params.tracking) == {
         "uri": None,
         "experiment": "trainyard",

@@ -22,7 +22,19 @@ from tasks.evaluate import write_metrics
 from tasks.params import load_params
 from tasks.adapters.mlflow_tracking import EpochLogger, Tracker, backfill_epochs, read_results_csv
 from tasks.adapters.ultralytics_trainer import train_yolo
-from tasks.job import EPOCHS_FILE, JOB_FILE, LAST, TrainJob, TrainOutcome, read_epochs, resume_point, trim_results
+from tasks.job import (
+    EPOCHS_FILE,
+    JOB_FILE,
+    LAST,
+    OutOfMemory,
+    TrainJob,
+    TrainOutcome,
+    plan_retry,
+    read_checkpoint,
+    read_epochs,
+    resume_point,
+    trim_results,
+)
 from tasks.data_wait import IMAGES_PER_S, LOOP_S, WAIT_PCT, WAIT_S, diagnose, diagnose_run
 from tasks.live_logging import EpochFollower
 from tests.conftest import REPO, TINY
@@ -69,6 +81,21 @@ def slow(self):
         yield batch
 
 build.InfiniteDataLoader.__iter__ = slow
+sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
+runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
+"""
+
+
+# The training entry point, out of GPU memory as epoch 3 starts (the injected error is the one torch raises).
+OOM_IN_EPOCH_3 = """
+import runpy, sys, torch
+from ultralytics.utils.callbacks.base import default_callbacks
+
+def out_of_memory(trainer):
+    if trainer.epoch + 1 == 3:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+default_callbacks["on_train_epoch_start"].append(out_of_memory)
 sys.argv = ["tasks.adapters.ultralytics_trainer", sys.argv[1]]
 runpy.run_module("tasks.adapters.ultralytics_trainer", run_name="__main__")
 """
@@ -435,3 +462,26 @@ def test_the_data_wait_of_an_ordinary_training_is_measured_and_not_starved(kille
     assert 0 <= figures[WAIT_S] < figures[LOOP_S] and figures[IMAGES_PER_S] > 0
     verdict = diagnose({1: figures})
     assert verdict is not None and not verdict.starved, verdict
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_epoch_3_resumes_from_last_pt_with_half_the_batch(tmp_path: Path) -> None:
+    data = generate_demo_dataset(tmp_path / "data", TINY)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = TrainJob(run_dir=str(run_dir), data_yaml=str(data / "data.yaml"), args=ARGS)  # 4 epochs, batch 8
+    env = child_env(tmp_path)
+    proc = train(job, env, OOM_IN_EPOCH_3)
+    assert proc.returncode != 0 and "CUDA out of memory" in proc.stderr, proc.stderr[-3000:]
+    oom = OutOfMemory.read(run_dir)
+    assert oom is not None and (oom.epoch, oom.batch) == (3, 8) and "Tried to allocate 2.00 GiB" in oom.what
+    assert resume_point(run_dir) == 2
+
+    attempt = plan_retry(job, logged_through=2, resumed_before=[])  # what the flow's retry does
+    assert attempt.job.args["batch"] == 4 and attempt.recovery == "epoch 3: batch 8 -> 4"
+    proc = train(attempt.job, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [r["epoch"] for r in read_results_csv(run_dir / "results.csv")] == [1, 2, 3, 4]
+    assert sorted(read_epochs(run_dir / EPOCHS_FILE)[0]) == [1, 2, 3, 4]
+    checkpoint = read_checkpoint(run_dir / LAST)
+    assert checkpoint is not None and checkpoint["train_args"]["batch"] == 4  # epochs 3-4 trained at batch 4
