@@ -141,12 +141,18 @@ def run_checks(
 
     uri, origin = resolve_tracking_uri(params.tracking.uri, params.base_dir)
     try:
-        Tracker(uri).ping()
+        tracker = Tracker(uri)
+        tracker.ping()
         checks.append(Check("mlflow", True, True, f"{uri} ({origin})"))
     except TrainyardError as exc:
         checks.append(
             Check("mlflow", False, True, str(exc), "start the tracking server or fix tracking.uri", TrackingError)
         )
+    else:
+        if report.available and report.gpus:
+            memory = _gpu_memory_check(params, report, tracker)
+            if memory is not None:
+                checks.append(memory)
 
     checks.append(_source_check(params))
     return checks
@@ -192,6 +198,62 @@ def _driver_vs_torch(
         f"upgrade the NVIDIA driver to one supporting CUDA {torch_cuda}, or install a torch built for CUDA "
         f"{driver_cuda.split('.')[0]}.x (pip install torch --index-url https://download.pytorch.org/whl/"
         f"cu{driver_cuda.replace('.', '')}) and update the lock",
+    )
+
+
+PEAK_MEMORY_METRIC = "perf/gpu_memory_peak_mb"  # logged per epoch by a GPU training (tasks/live_logging.py)
+MEMORY_MARGIN = 1.1  # what the last run needed, plus a tenth: allocator fragmentation differs between runs
+
+
+def _gpu_memory_check(params: Params, report: NvmlReport, tracker: Any) -> Check | None:
+    """Is there as much free memory on the job's GPUs as the last run of the same model, imgsz and batch needed?
+
+    None when there is nothing to compare with: a CPU training, no earlier GPU run of that shape,
+    GPUs named by UUID, or a store that cannot answer. A warning, not a failure: the GPU may be
+    freed by the time the training starts, and Ultralytics halves the batch in the first epoch.
+    """
+    import os
+
+    from tasks.gpu_scope import job_gpus
+
+    gpus = job_gpus(
+        params.train.get("device"), params.runner.kind, params.container.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
+    if gpus == []:
+        return None
+    wanted = {str(g.index): g for g in report.gpus}
+    mine = [wanted[g] for g in (gpus if gpus is not None else list(wanted)) if g in wanted]
+    if not mine:
+        return None
+    logged = params.mlflow_params()  # as the runs' params hold them
+    shape = {key: logged.get(key, "") for key in ("model", "imgsz", "batch")}
+    if not all(shape.values()) or any("'" in value for value in shape.values()):
+        return None
+    clauses = [f"params.{key} = '{value}'" for key, value in shape.items()]
+    try:
+        last = tracker.latest_run(
+            params.tracking.experiment, " and ".join([*clauses, f"metrics.`{PEAK_MEMORY_METRIC}` > 0"])
+        )
+        peak = (
+            max((v for _, v in tracker.metric_history(last.run_id, PEAK_MEMORY_METRIC)), default=0.0) if last else 0.0
+        )
+    except TrainyardError:
+        return None
+    if not peak:
+        return None
+    need_mib = peak * 1e6 / 2**20 * MEMORY_MARGIN
+    what = f"model {shape['model']}, imgsz {shape['imgsz']}, batch {shape['batch']}"
+    short = [g for g in mine if g.memory_free_mb < need_mib]
+    free = ", ".join(f"GPU {g.index}: {g.memory_free_mb} MiB free" for g in mine)
+    detail = f"{free}; the last run of {what} ({last.run_id}) peaked at {peak * 1e6 / 2**20:.0f} MiB"
+    if not short:
+        return Check("gpu memory", True, False, detail)
+    return Check(
+        "gpu memory",
+        False,
+        False,
+        detail,
+        "free the GPU (another job may hold it: nvidia-smi), or lower train.batch or train.imgsz",
     )
 
 

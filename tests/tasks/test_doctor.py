@@ -57,3 +57,33 @@ def test_a_new_enough_driver_passes_and_an_older_minor_only_warns(
 
 def test_a_cpu_build_of_torch_is_not_compared(tmp_path: Path, tiny_dataset: Path) -> None:
     assert "driver vs torch CUDA" not in local_checks(tmp_path, tiny_dataset, "cpu", driver=12040, torch_cuda=None)
+
+
+def test_free_gpu_memory_is_compared_with_the_last_run_of_the_same_shape(tmp_path: Path, tiny_dataset: Path) -> None:
+    from tasks.adapters.mlflow_tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=uri, experiment="x", stage_root=tmp_path)
+    params = load_params(path, ["train.device=1"])
+    build = {"torch": "2.14.1+cu130", "cuda": "13.0"}
+
+    def memory_check() -> Check | None:
+        checks = {c.name: c for c in run_checks(params, nvml=FakeNvml(cuda=13000), torch_build=lambda: build)}
+        return checks.get("gpu memory")
+
+    assert memory_check() is None  # no earlier GPU run of this shape: nothing to compare with
+    tracker = Tracker(uri)
+    for peak_mb, enough in ((30_000.0, True), (80_000.0, False)):  # the newest run of the same shape counts
+        run_id = tracker.start_run("x", f"peak {peak_mb}", tags={}, params=params.mlflow_params())
+        for epoch, value in enumerate((peak_mb / 2, peak_mb), start=1):
+            tracker.log_metrics(run_id, {"perf/gpu_memory_peak_mb": value}, step=epoch)
+        tracker.end_run(run_id, "FINISHED")
+        check = memory_check()
+        assert check is not None and check.ok is enough, check
+    assert check is not None and not check.ok and not check.required  # a warning: the GPU may be freed by then
+    assert "GPU 1: 70656 MiB free" in check.detail and f"({run_id}) peaked at 76294 MiB" in check.detail
+    assert "lower train.batch" in check.fix
+    enough = load_params(path, ["train.device=1", "train.batch=4"])  # another shape: no run to compare with
+    assert {c.name for c in run_checks(enough, nvml=FakeNvml(cuda=13000), torch_build=lambda: build)}.isdisjoint(
+        {"gpu memory"}
+    )
