@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.train import retry_if_transient, train_flow
+from tasks.job import OOM_TAG, recovery_schedule
 from tasks.params import load_params
 from tasks.redact import MASK, hide, reveal
 from tasks.repro_key import ReproKey
@@ -63,6 +64,10 @@ def reproduce_flow(
     stage_root = local.resolve_path(local.stage.root) if local.stage.root else default_stage_root()
     sets = [f"tracking.uri={uri}", f"stage.root={stage_root}"]
     tags = {"trainyard.reproduces": run_id, "trainyard.reproduces_name": record.run.name}
+    recoveries = record.run.tags.get(OOM_TAG, "")
+    if recoveries:  # trained on at a halved batch after running out of memory: replay that
+        tags[OOM_TAG] = f"{recoveries} (replayed)"
+        logger.info("replaying the original's out-of-memory recoveries: %s", recoveries)
     if record.key.env_kind == "docker":
         image, drift = image_task(
             record.run.tags.get("trainyard.image", record.key.env_digest),
@@ -86,6 +91,7 @@ def reproduce_flow(
             stop_after=replay if replay < record.epochs else None,
             extra_tags=tags,
             force=True,
+            batch_schedule=recovery_schedule(recoveries),
         )  # the point is to train again
     finally:
         recorded.unlink(missing_ok=True)

@@ -34,7 +34,15 @@ from tasks.data_wait import diagnose_run
 from tasks.gpu_scope import runner_gpus
 from tasks.summary import RunSummary
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
-from tasks.job import TrainJob, is_retry, note_out_of_memory, plan_retry, prepare_run_dir, worth_retrying
+from tasks.job import (
+    OOM_TAG,
+    TrainJob,
+    is_retry,
+    note_out_of_memory,
+    plan_retry,
+    prepare_run_dir,
+    worth_retrying,
+)
 from tasks.live_logging import live_logging
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
@@ -138,7 +146,6 @@ def log_dataset_task(tracking_uri: str, run_id: str, staged: StagedDataset, repo
 
 
 RESUMED_TAG = "trainyard.resumed_after"  # the epochs after which a killed training was resumed, "3,7"
-OOM_TAG = "trainyard.oom_recoveries"  # each out-of-memory recovery: "epoch 3: batch 16 -> 8"
 
 
 def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
@@ -236,13 +243,15 @@ def train_flow(
     stop_after: int | None = None,
     extra_tags: dict[str, str] | None = None,
     force: bool = False,
+    batch_schedule: list[list[int]] | None = None,
 ) -> TrainResult:
     """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run.
 
     Unless ``force``, a run whose data hash, params hash and image/environment digest equal
     those of an earlier finished run does not train: it reports "up to date" with that run.
     ``data_version`` (a DVC md5) trains on exactly that version or fails; ``stop_after``
-    ends after N epochs with the full run's schedule (both used by `trainyard reproduce`).
+    ends after N epochs with the full run's schedule, ``batch_schedule`` replays a run's
+    out-of-memory recoveries (all three used by `trainyard reproduce`).
     """
     redact_log_handlers()  # also when a worker or `trainyard serve` runs the flow, not the CLI
     logger = get_run_logger()
@@ -323,6 +332,7 @@ def train_flow(
                     args=train_args,
                     stop_after=stop_after,
                     oom_min_batch=params.runner.oom_min_batch,
+                    batch_schedule=list(batch_schedule or []),
                 )
                 with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
                     resumed = train_task.with_options(

@@ -29,6 +29,7 @@ PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed int
 # results.csv holds the same numbers printed to 6 significant digits; this file holds them exactly,
 # which `trainyard reproduce` needs to call two trainings bit-identical.
 EPOCHS_FILE = "epochs.jsonl"
+OOM_TAG = "trainyard.oom_recoveries"  # each out-of-memory recovery of a run: "epoch 3: batch 16 -> 8; ..."
 OOM_FILE = "oom.json"  # left by a training that ran out of memory: the epoch and batch it had (OutOfMemory)
 WAIT_FLAG = "--wait"  # the training entry point's "start now, read the job's path from stdin" (LocalRunner.warm_up)
 
@@ -44,6 +45,9 @@ class TrainJob:
     resume: bool = False  # continue from run_dir/weights/last.pt (see resume_point) instead of starting over
     logged_through: int = 0  # epochs 1..N are already in the MLflow run: never logged again (epochs.jsonl skips them)
     oom_min_batch: int = 1  # runner.oom_min_batch: an out-of-memory retry never halves the batch below this
+    # [[epoch, batch], ...]: from that epoch on, that batch, by pausing before it and resuming from last.pt
+    # as an out-of-memory recovery did (`trainyard reproduce` replays the recoveries of the run it reproduces)
+    batch_schedule: list[list[int]] = field(default_factory=list)
 
     def write(self, path: Path) -> Path:
         # Fields at their default are left out: a job that needs nothing new stays readable by
@@ -345,6 +349,13 @@ def plan_retry(job: TrainJob, logged_through: int, resumed_before: list[int]) ->
         list(resumed_before),
         "the previous attempt left no checkpoint to resume from; training again from epoch 1",
     )
+
+
+def recovery_schedule(recoveries: str) -> list[list[int]]:
+    """The batch schedule an ``OOM_TAG`` value describes: "epoch 3: batch 16 -> 8" -> [[3, 8]]."""
+    import re
+
+    return [[int(e), int(b)] for e, b in re.findall(r"epoch (\d+): batch \d+ -> (\d+)", recoveries)]
 
 
 def note_out_of_memory(job: TrainJob, what: str) -> None:

@@ -35,7 +35,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -150,6 +150,8 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
         model = YOLO(model_ref)
         try:
             model.train(trainer=trainer_class(), **kwargs)
+        except BatchSwitch:
+            return train_yolo(*_switched(job))
         except BaseException as exc:
             if _out_of_memory(exc) and _is_main_rank():
                 _record_oom(job, getattr(model, "trainer", None), exc)
@@ -158,6 +160,29 @@ def train_yolo(job: TrainJob, job_path: Path | None = None) -> TrainOutcome:
     if outcome is None:
         raise TrainingError(f"the training in {run_dir} ended without writing {OUTCOME_FILE}")
     return outcome
+
+
+class BatchSwitch(Exception):
+    """Raised as an epoch of ``job.batch_schedule`` starts: the replay of an out-of-memory recovery.
+
+    The training stops where the recovered one ran out of memory and resumes from last.pt with
+    the smaller batch, as the recovery did (same checkpoint, same resume), so a reproduction
+    trains what the original trained.
+    """
+
+
+def _switched(job: TrainJob) -> tuple[TrainJob, Path]:
+    """The job that resumes after a :class:`BatchSwitch`, written beside the first one."""
+    (_epoch, batch), rest = job.batch_schedule[0], job.batch_schedule[1:]
+    done = resume_point(Path(job.run_dir)) or 0
+    switched = replace(
+        job,
+        resume=True,
+        args={**job.args, "batch": batch},
+        batch_schedule=rest,
+        logged_through=max(done, job.logged_through),
+    )
+    return switched, switched.write(Path(job.run_dir) / f"job-batch-{batch}.json")
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -228,6 +253,11 @@ def _build_trainer_class() -> type["DetectionTrainer"]:
             # Integrations are added inside Ultralytics' own __init__ (and again in each DDP
             # worker), which already fires on_pretrain_routine_start: strip them before any event.
             _strip_foreign_callbacks(self.callbacks)
+            schedule = self.trainyard_job.batch_schedule
+            if event == "on_train_epoch_start" and schedule and not self.ddp:
+                # the epoch a recovery resumed at, reached by training (not by resuming at it)
+                if self.epoch + 1 == schedule[0][0] and self.epoch > self.start_epoch:
+                    raise BatchSwitch(f"epoch {self.epoch + 1}: batch {self.batch_size} -> {schedule[0][1]}")
             super().run_callbacks(event)
 
         def train(self) -> None:

@@ -18,6 +18,7 @@ from tasks.job import (
     is_retry,
     note_out_of_memory,
     plan_retry,
+    recovery_schedule,
     resume_point,
     worth_retrying,
 )
@@ -103,3 +104,9 @@ def test_a_container_oomkilled_is_recorded_once_with_the_batch_it_had(tmp_path: 
     OutOfMemory(epoch=6, batch=16, what="CUDA out of memory").write(tmp_path)  # the training's own record wins
     note_out_of_memory(_gpu_job(tmp_path), "the container was OOMKilled")
     assert OutOfMemory.read(tmp_path) == OutOfMemory(epoch=6, batch=16, what="CUDA out of memory")
+
+
+def test_the_recoveries_tag_reads_back_as_a_batch_schedule() -> None:
+    assert recovery_schedule("epoch 3: batch 16 -> 8; epoch 5: batch 8 -> 4") == [[3, 8], [5, 4]]
+    assert recovery_schedule("epoch 3: batch 16 -> 8 (replayed)") == [[3, 8]]
+    assert recovery_schedule("") == []

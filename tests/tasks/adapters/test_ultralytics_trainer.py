@@ -31,6 +31,7 @@ from tasks.job import (
     TrainOutcome,
     plan_retry,
     read_checkpoint,
+    recovery_schedule,
     read_epochs,
     resume_point,
     trim_results,
@@ -485,3 +486,18 @@ def test_out_of_memory_in_epoch_3_resumes_from_last_pt_with_half_the_batch(tmp_p
     assert sorted(read_epochs(run_dir / EPOCHS_FILE)[0]) == [1, 2, 3, 4]
     checkpoint = read_checkpoint(run_dir / LAST)
     assert checkpoint is not None and checkpoint["train_args"]["batch"] == 4  # epochs 3-4 trained at batch 4
+
+    # `trainyard reproduce` replays the recovery from the run's tag: one process, paused before epoch 3
+    replay_dir = tmp_path / "replay"
+    replay_dir.mkdir()
+    replay = replace(job, run_dir=str(replay_dir), batch_schedule=recovery_schedule("epoch 3: batch 8 -> 4"))
+    proc = train(replay, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recovered, replayed = (read_epochs(Path(d) / EPOCHS_FILE)[0] for d in (run_dir, replay_dir))
+    assert sorted(replayed) == [1, 2, 3, 4]
+    for epoch in (1, 2, 3, 4):  # what the recovered run trained, bit for bit (timings aside)
+        assert {k: v for k, v in replayed[epoch].items() if not k.startswith("perf/")} == {
+            k: v for k, v in recovered[epoch].items() if not k.startswith("perf/")
+        }, epoch
+    checkpoint = read_checkpoint(replay_dir / LAST)
+    assert checkpoint is not None and checkpoint["train_args"]["batch"] == 4
