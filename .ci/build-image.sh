@@ -115,5 +115,8 @@ if [ "${TRAINYARD_CI_KEEP_OLD:-0}" != 1 ]; then
   for old in $(docker image ls --format '{{.Repository}}:{{.Tag}}' "$REPO" | grep -E ":ci-[0-9a-f]{16}$" | grep -v ":ci-$HASH$"); do
     docker rmi "$old" >/dev/null 2>&1 && echo "   removed old tag $old" || true
   done
+  # The legacy builder leaves each build's "deps" stage behind untagged (~11 GB with CUDA torch);
+  # those of earlier builds filled this machine's disk once. This build's stays: the next one's cache.
+  docker image prune -f --filter "until=30m" >/dev/null 2>&1 || true
 fi
 done_ "$IMAGE = $REPO:ci-$HASH ($(docker image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-19), $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.1f GB", $1/1e9}'))"
