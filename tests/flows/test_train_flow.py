@@ -210,8 +210,11 @@ def test_best_pt_is_a_registered_pyfunc_model_with_alias_candidate(trained: dict
     assert [(e["name"], str(e["version"])) for e in linked] == [("flow-test", version.version)]
     assert tracker.alias_version("flow-test", "champion") is None  # promote: manual
 
-    mlflow.set_tracking_uri(tracker.uri)
-    model = mlflow.pyfunc.load_model("models:/flow-test@candidate")
+    mlflow.set_tracking_uri(tracker.uri)  # also exports MLFLOW_TRACKING_URI: unset below, later tests read it
+    try:
+        model = mlflow.pyfunc.load_model("models:/flow-test@candidate")
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     assert model.metadata.signature.inputs.input_names() == ["image"]
     images = sorted((trained["data"] / "images" / "val").iterdir())[:2]
     out = model.predict(pd.DataFrame({"image": [str(p) for p in images]}), params={"conf": 0.001})

@@ -59,9 +59,13 @@ def test_a_cpu_build_of_torch_is_not_compared(tmp_path: Path, tiny_dataset: Path
     assert "driver vs torch CUDA" not in local_checks(tmp_path, tiny_dataset, "cpu", driver=12040, torch_cuda=None)
 
 
-def test_free_gpu_memory_is_compared_with_the_last_run_of_the_same_shape(tmp_path: Path, tiny_dataset: Path) -> None:
+def test_free_gpu_memory_is_compared_with_the_last_run_of_the_same_shape(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tasks.adapters.mlflow_tracking import Tracker
 
+    for name in ("MLFLOW_TRACKING_URI", "CUDA_VISIBLE_DEVICES"):  # both would rightly change doctor's answer
+        monkeypatch.delenv(name, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_params(tmp_path / "params.yaml", tiny_dataset, tracking_uri=uri, experiment="x", stage_root=tmp_path)
     params = load_params(path, ["train.device=1"])
