@@ -1,7 +1,8 @@
-"""Facts every benchmark report records about the code it measured (shared by the bench scripts)."""
+"""What the bench scripts share: facts every report records about the code it measured, and staging the data."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def stage_for_training(trainyard: Path, params: Path, sets: list[str], cwd: Path, env: dict[str, str]) -> Path:
+    """``trainyard stage`` the params' data and return the staged copy's data.yaml.
+
+    Benchmarks stage first so that both sides train on the same local copy and copying stays
+    out of what they time.
+    """
+    staged = subprocess.run(
+        [str(trainyard), "stage", "--params", str(params), *sets, "--json"],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(json.loads(staged.stdout.strip().splitlines()[-1])["path"]) / "data.yaml"

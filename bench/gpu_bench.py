@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchfacts import cpu_model, git_head  # noqa: E402
+from benchfacts import cpu_model, git_head, stage_for_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -181,16 +181,7 @@ def main() -> None:
     bare_args = dict(load_params(params, overrides).train)  # every train.* argument the pipeline passes
     sets = [x for o in overrides for x in ("--set", o)]
     trainyard = [str(BIN / "trainyard"), "run", "--force", "--params", str(params), *sets]
-    # staged first, so both train from the same local copy
-    staged = subprocess.run(
-        [str(BIN / "trainyard"), "stage", "--params", str(params), *sets, "--json"],
-        cwd=work,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    data_yaml = Path(json.loads(staged.stdout.strip().splitlines()[-1])["path"]) / "data.yaml"
+    data_yaml = stage_for_training(BIN / "trainyard", params, sets, work, env)
 
     with Sampler(args.device) as sampler:
         bare = [sys.executable, "-c", BARE, str(data_yaml), str(work / "bare"), json.dumps(bare_args)]

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchfacts import cpu_model, git_head  # noqa: E402
+from benchfacts import cpu_model, git_head, stage_for_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -114,16 +114,7 @@ def main() -> None:
     def trainyard(epochs: int) -> list[str]:
         return [str(BIN / "trainyard"), "run", "--params", str(params), "--set", f"train.epochs={epochs}"]
 
-    # the staged copy's data.yaml is what both train on; staging it first keeps copying out of the pairs
-    staged = subprocess.run(
-        [str(BIN / "trainyard"), "stage", "--params", str(params), "--json"],
-        cwd=work,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    data_yaml = Path(json.loads(staged.stdout.strip().splitlines()[-1])["path"]) / "data.yaml"
+    data_yaml = stage_for_training(BIN / "trainyard", params, [], work, env)
 
     ephemeral = {**env, "TRAINYARD_PREFECT_API": "ephemeral"}
     start = time.perf_counter()

@@ -30,7 +30,7 @@ from tasks.run_finish import SyncReport, finish_or_defer, record_stop, sync
 from tasks.run_lease import REPRODUCES_TAG, RUN_DIR_TAG, Heartbeat, RunDirLock, owner_tags, resumable_run
 from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
-from tasks.data_wait import diagnose_run
+from tasks.data_wait import STARVED, TAG as DATA_WAIT_TAG
 from tasks.gpu_scope import runner_gpus
 from tasks.summary import RunSummary
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
@@ -360,10 +360,10 @@ def train_flow(
     record = tracker.get_run(run_id)
     url = tracker.run_url(record)
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
-    verdict = diagnose_run(out)
-    if verdict is not None:
-        (logger.warning if verdict.starved else logger.info)(verdict.text)
-    notes = (verdict.text,) if verdict is not None else ()
+    verdict = record.tags.get(DATA_WAIT_TAG, "")  # the finish diagnosed the run directory
+    if verdict:
+        (logger.warning if verdict.startswith(STARVED) else logger.info)(verdict)
+    notes = (verdict,) if verdict else ()
     if record.tags.get(OOM_TAG):
         notes = (f"recovered from running out of memory: {record.tags[OOM_TAG]}", *notes)
     publish_summary_task(_summary(outcome, name, run_id, url, key, params, metrics, notes))

@@ -31,6 +31,7 @@ from tasks.job import EPOCHS_FILE, TrainOutcome, read_epochs
 STARVED_PCT = 20.0
 NOTICEABLE_PCT = 5.0
 TAG = "trainyard.data_wait"
+STARVED = "data-starved:"  # how a starved verdict's text begins
 # Per-epoch metric names, as the training process writes them into epochs.jsonl.
 WAIT_S = "perf/data_wait_s"
 LOOP_S = "perf/train_loop_s"
@@ -71,7 +72,7 @@ def diagnose(
     figures = f"{pct:.0f} % of step time waiting for batches, {rate:.1f} images/s over {over}"
     if pct >= STARVED_PCT:
         return DataWaitVerdict(
-            True, pct, rate, len(timed), f"data-starved: {figures}{_setup(runtime)} — {_advice(runtime)}"
+            True, pct, rate, len(timed), f"{STARVED} {figures}{_setup(runtime)} — {_advice(runtime)}"
         )
     if pct >= NOTICEABLE_PCT:
         return DataWaitVerdict(
