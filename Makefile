@@ -9,10 +9,13 @@ PYTEST_ARGS ?=
 
 IMAGE ?= trainyard-train:latest
 
-.PHONY: demo test test-fast lint venv data repro ui lock clean image image-ci bench
+.PHONY: demo sweep test test-fast lint venv data repro ui lock clean image image-ci bench
 
 demo: venv data  ## train on the demo dataset with the Prefect flow, print the MLflow run
 	$(BIN)/trainyard run
+
+sweep: venv data  ## a small Optuna sweep of the demo on CPU (4 trials of 20 epochs), print the best trial
+	$(BIN)/trainyard sweep --trials 4 --set train.epochs=20
 
 test: venv  ## the whole suite (real MLflow server, Prefect API, dvc, training)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

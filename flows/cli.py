@@ -2,6 +2,7 @@
 
 trainyard run        train with the Prefect flow (params.yaml + --set overrides)
 trainyard train      the same flow into a fixed run directory (the `dvc repro` stage)
+trainyard sweep      search sweep.space with Optuna; trials as train runs under one parent MLflow run
 trainyard validate   check a dataset; every problem with file and line
 trainyard evaluate   write metrics.json from a finished run directory
 trainyard data demo  generate the built-in demo dataset (and DVC-track it)
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _log_file = None
     guard = None
-    if args.func in (_cmd_run, _cmd_reproduce, _cmd_serve):
+    if args.func in (_cmd_run, _cmd_reproduce, _cmd_serve, _cmd_sweep):
         from flows.terminal import InterruptGuard
 
         guard = InterruptGuard(lambda exc: _interrupt_line(exc, argv))
@@ -103,6 +104,12 @@ def _interrupt_line(exc: Interrupted, argv: Sequence[str] | None) -> str:
     from tasks.run_finish import LAST_INTERRUPTION
 
     ctx = LAST_INTERRUPTION
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sweep"]:
+        return (
+            f"trainyard: sweep interrupted ({exc.signal_name}); its parent MLflow run is marked KILLED and its "
+            f"running trials stopped with it; `{again}` resumes the study (interrupted trials resume from last.pt)"
+        )
     if not ctx.get("run_id"):
         return f"trainyard: interrupted ({exc.signal_name}) before training started; nothing to resume"
     note = ctx.get("note", "")
@@ -137,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         help="train even if a finished run has the same data, params and image/environment",
     )
     run.set_defaults(func=_cmd_run, force=False)
+
+    sw = sub.add_parser("sweep", help="search sweep.space with Optuna: each trial a training under one parent run")
+    with_params(sw)
+    sw.add_argument("--trials", type=int, default=None, metavar="N", help="trials the study ends with (sweep.trials)")
+    sw.add_argument("--parallel", type=int, default=None, metavar="K", help="trials at once (sweep.parallel)")
+    sw.set_defaults(func=_cmd_sweep)
 
     train = sub.add_parser("train", help="the train flow into a fixed run directory (used by dvc.yaml)")
     with_params(train)
@@ -316,6 +329,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result.tracking_uri,
         result.run_url,
     )
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from tasks.params import load_params
+
+    extra = [f"sweep.{k}={v}" for k, v in (("trials", args.trials), ("parallel", args.parallel)) if v is not None]
+    overrides = [*args.overrides, *extra]
+    params = load_params(args.params, overrides)  # a typo fails here, before Prefect starts its API
+    params.model_ref()
+    _flow_session(args.params, "sweep")
+    from flows.sweep import sweep_flow
+    from tasks.redact import hide
+
+    r = sweep_flow(params_path=args.params, overrides=[hide(o) for o in overrides])
+    print()
+    print(f"sweep        {r.study}: {r.complete} finished, {r.pruned} pruned, {r.failed} failed")
+    if r.best_trial is not None and r.best_value is not None:
+        values = " ".join(f"{k}={v}" for k, v in r.best_values.items())
+        print(f"best         trial {r.best_trial}: {r.objective} {r.best_value:.4f}  ({values})")
+        print(f"best run     {r.best_run_id}")
+    if r.model_version:
+        print(f"model        {r.model_version}  (trainyard promote {r.best_run_id} makes it the champion)")
+    print(f"parent run   {r.parent_run_id}  (its trials are nested under it in the MLflow UI)")
+    print(f"study        {r.storage}")
+    if r.tracking_uri.startswith(("http://", "https://")):
+        print(f"open         {r.parent_url}")
+    else:
+        print(f"open the UI  trainyard ui   (then {r.parent_url})")
     return 0
 
 

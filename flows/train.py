@@ -32,11 +32,12 @@ from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.data_wait import STARVED, TAG as DATA_WAIT_TAG
 from tasks.gpu_scope import runner_gpus
-from tasks.summary import RunSummary
+from tasks.summary import RunSummary, artifact_description
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.job import (
     OOM_TAG,
     TrainJob,
+    STOP_FILE,
     is_retry,
     note_out_of_memory,
     plan_retry,
@@ -44,6 +45,7 @@ from tasks.job import (
     worth_retrying,
 )
 from tasks.live_logging import live_logging
+from tasks.sweep import PRUNE_TAG, STUDY_TAG
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
 
@@ -155,9 +157,10 @@ def retry_if_resumable(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="train", cache_policy=NO_CACHE, retry_condition_fn=retry_if_resumable)
-def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) -> list[int]:
+def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str, prunable: bool = False) -> list[int]:
     """Run the training, its epochs and system metrics logged live; on a retry, resume from the run
-    directory's last.pt into the same MLflow run.
+    directory's last.pt into the same MLflow run. ``prunable``: a sweep trial, which stops after
+    the current epoch once the sweep tags its run as pruned.
 
     Returns the epochs after which it resumed (empty when it ran straight through).
     """
@@ -176,7 +179,10 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
         job, resumed = attempt.job, attempt.resumed_after
     try:
         gpus = runner_gpus(job.args, runner)
-        with live_logging(Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning, gpus):
+        watch = pruned_watch(Tracker(tracking_uri), run_id) if prunable else None
+        with live_logging(
+            Tracker(tracking_uri), run_id, Path(job.run_dir), job.logged_through, logger.warning, gpus, watch=watch
+        ):
             runner.run(job, {}, logger.info)
     except TrainingError as exc:
         if exc.out_of_memory:
@@ -189,6 +195,31 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str) ->
         record_stop(Tracker(tracking_uri), run_id, "", Path(job.run_dir), exc, logger.warning)
         raise
     return resumed
+
+
+def pruned_watch(tracker: Tracker, run_id: str) -> Any:
+    """For live logging: the sweep's reason to stop this trial, once it tagged the run (None until then)."""
+
+    def watch() -> str | None:
+        try:
+            return tracker.get_run(run_id).tags.get(PRUNE_TAG)
+        except TrackingError:
+            return None  # asked again in a moment; an outage must not stop a training
+
+    return watch
+
+
+@contextlib.contextmanager
+def _gpu_slot(limit: str | None) -> Any:
+    """Hold one slot of the Prefect global concurrency limit ``limit`` (GPUs) while training."""
+    if not limit:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    get_run_logger().info("waiting for a slot of the GPU limit %r", limit)
+    with concurrency(limit, occupy=1, strict=True):
+        yield
 
 
 def _resumed_after(tracker: Tracker, run_id: str) -> list[int]:
@@ -229,7 +260,7 @@ def publish_summary_task(summary: RunSummary) -> None:
     create_markdown_artifact(
         markdown=summary.markdown(),
         key="trainyard-train",
-        description=f"trainyard train: {summary.outcome}, MLflow run {summary.run_id}",
+        description=artifact_description(summary.outcome, summary.run_id),
     )
 
 
@@ -244,6 +275,7 @@ def train_flow(
     extra_tags: dict[str, str] | None = None,
     force: bool = False,
     batch_schedule: list[list[int]] | None = None,
+    gpu_slots: str | None = None,
 ) -> TrainResult:
     """Train YOLO11 on ``data.source`` with ``params.yaml`` (+ ``--set`` overrides), tracked in one MLflow run.
 
@@ -251,10 +283,13 @@ def train_flow(
     those of an earlier finished run does not train: it reports "up to date" with that run.
     ``data_version`` (a DVC md5) trains on exactly that version or fails; ``stop_after``
     ends after N epochs with the full run's schedule, ``batch_schedule`` replays a run's
-    out-of-memory recoveries (all three used by `trainyard reproduce`).
+    out-of-memory recoveries (all three used by `trainyard reproduce`). ``gpu_slots`` names a
+    Prefect global concurrency limit whose slot the training holds while it trains (a sweep's
+    trials on a work pool); ``extra_tags`` of a sweep trial make it stop when the sweep prunes it.
     """
     redact_log_handlers()  # also when a worker or `trainyard serve` runs the flow, not the CLI
     logger = get_run_logger()
+    trial = STUDY_TAG in (extra_tags or {})
     # the CLI passes passwords of --set URLs redacted (Prefect stores flow parameters); see tasks.redact
     params = load_params_task(params_path, tuple(reveal(o) for o in overrides or ()))
     train_args = _train_args(params)
@@ -334,19 +369,24 @@ def train_flow(
                     oom_min_batch=params.runner.oom_min_batch,
                     batch_schedule=list(batch_schedule or []),
                 )
-                with cache_from_params(params).lease(staged.key):  # eviction must not pull the data from under it
+                with (
+                    cache_from_params(params).lease(staged.key),  # eviction must not pull the data from under it
+                    _gpu_slot(gpu_slots),
+                ):
                     resumed = train_task.with_options(
                         retries=params.runner.retries, retry_delay_seconds=params.runner.retry_delay
-                    )(runner, job, tracking_uri, run_id)
+                    )(runner, job, tracking_uri, run_id, trial)
         except BaseException as exc:  # a run never stays RUNNING because its training failed or was interrupted
             record_stop(tracker, run_id, name, out, exc, logger.warning)
             raise
-        registry = registry_plan(params, reproduction=bool((extra_tags or {}).get(REPRODUCES_TAG)))
+        # a sweep registers its best trial, not each one (flows/sweep.py)
+        registry = None if trial else registry_plan(params, reproduction=bool((extra_tags or {}).get(REPRODUCES_TAG)))
+        pruned = (out / STOP_FILE).is_file()
         metrics = finish_run_task(
             tracker,
             run_id,
             out,
-            stop_after is None,
+            stop_after is None and not pruned,
             params.base_dir,
             params.tracking.wait,
             logger.warning,
@@ -360,6 +400,8 @@ def train_flow(
     record = tracker.get_run(run_id)
     url = tracker.run_url(record)
     outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
+    if pruned:
+        outcome = "pruned"
     verdict = record.tags.get(DATA_WAIT_TAG, "")  # the finish diagnosed the run directory
     if verdict:
         (logger.warning if verdict.startswith(STARVED) else logger.info)(verdict)
@@ -375,7 +417,7 @@ def train_flow(
         experiment=experiment,
         metrics=metrics,
         key=key.tags(),
-        outcome="trained",
+        outcome="pruned" if pruned else "trained",
         run_url=url,
         resumed_after=resumed,
         model_version=describe_version(tracker, record.tags),

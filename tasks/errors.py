@@ -15,7 +15,8 @@ bugs (anything else) still show their traceback.
     ├── PreflightError       a required `trainyard doctor` check failed before anything ran
     ├── RunnerError          the training child process (or container) could not run
     │   └── TrainingError    training started but failed (non-zero exit, OOM, ...)
-    └── DeploymentError      prefect.yaml, a work-pool template or a rendered job manifest is invalid
+    ├── DeploymentError      prefect.yaml, a work-pool template or a rendered job manifest is invalid
+    └── SweepError           a sweep's study database, work pool or deployment is unusable
 
     Interrupted (a KeyboardInterrupt, not a TrainyardError)   SIGINT or SIGTERM stopped the work
 
@@ -35,6 +36,7 @@ EXIT_CODES: dict[int, str] = {
     5: "training: the training process or container failed or could not start",
     6: "environment: Docker, the GPU runtime, the training image or stage.root is not ready (`trainyard doctor`)",
     7: "reproduce: the reproduction differs from the original run",
+    8: "sweep: the study's database, work pool or deployment is unusable, or every trial failed",
     130: "interrupted by Ctrl-C (SIGINT); the MLflow run is marked KILLED and resumes on the next run",
     143: "stopped by SIGTERM; the MLflow run is marked KILLED and resumes on the next run",
 }
@@ -139,6 +141,13 @@ class DeploymentError(TrainyardError):
     """A deployment definition (prefect.yaml, a work-pool job template, a rendered manifest) is invalid."""
 
     exit_code = 2
+
+
+class SweepError(TrainyardError):
+    """A sweep cannot go on: its study's database is unreachable or belongs to another search, or a
+    trial's work pool or deployment is missing."""
+
+    exit_code = 8
 
 
 class Interrupted(KeyboardInterrupt):

@@ -31,6 +31,9 @@ PARTIAL_SUFFIX = ".partial"  # suffix of a checkpoint being written; renamed int
 EPOCHS_FILE = "epochs.jsonl"
 OOM_TAG = "trainyard.oom_recoveries"  # each out-of-memory recovery of a run: "epoch 3: batch 16 -> 8; ..."
 OOM_FILE = "oom.json"  # left by a training that ran out of memory: the epoch and batch it had (OutOfMemory)
+# Written by the flow when a sweep prunes the trial (tasks/live_logging.py); the trainer stops after
+# the epoch it is in, and the run finishes incomplete. A file, so a training in a container sees it.
+STOP_FILE = "stop-requested"
 WAIT_FLAG = "--wait"  # the training entry point's "start now, read the job's path from stdin" (LocalRunner.warm_up)
 
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from tasks.job import EPOCHS_FILE, read_epochs
+from tasks.job import EPOCHS_FILE, STOP_FILE, read_epochs
 
 if TYPE_CHECKING:
     from tasks.adapters.mlflow_tracking import EpochLogger, Tracker
 
 POLL_SECONDS = 1.0  # how often the file is read: an epoch takes seconds at the least
 FLUSH_SECONDS = 5.0  # how long the end of a training waits for MLflow to take the last epochs
+WATCH_SECONDS = 2.0  # how often a sweep trial asks MLflow whether it was pruned
 
 
 class EpochFollower:
@@ -37,9 +39,14 @@ class EpochFollower:
         logged_through: int = 0,
         poll: float = POLL_SECONDS,
         extra: Callable[[], dict[str, float]] | None = None,
+        watch: Callable[[], str | None] | None = None,
+        watch_every: float = WATCH_SECONDS,
     ) -> None:
         self.sink, self.path, self.poll = sink, run_dir / EPOCHS_FILE, poll
         self.extra = extra  # figures the flow measured during the epoch (GPU telemetry), added to it
+        # asked every ``watch_every`` s: a reason to stop the training (a sweep pruned it), or None
+        self.watch, self.watch_every, self._watched = watch, watch_every, 0.0
+        self.stop_file = run_dir / STOP_FILE
         self.sent: set[int] = set(range(1, logged_through + 1))
         self._offset = 0
         self._stop = threading.Event()
@@ -73,9 +80,22 @@ class EpochFollower:
         self.read_new()
         return self.sink.close(timeout)
 
+    def check_stop(self) -> str | None:
+        """Ask ``watch``; on a reason, write it to the run directory's stop file (the trainer stops after its epoch)."""
+        if self.watch is None:
+            return None
+        reason = self.watch()
+        if reason:
+            self.stop_file.write_text(reason + "\n")
+            self.watch = None  # asked once is enough
+        return reason
+
     def _loop(self) -> None:
         while not self._stop.wait(self.poll):
             self.read_new()
+            if self.watch is not None and time.monotonic() - self._watched >= self.watch_every:
+                self._watched = time.monotonic()
+                self.check_stop()
 
 
 @contextlib.contextmanager
@@ -87,13 +107,15 @@ def live_logging(
     say: Callable[[str], None],
     gpus: Sequence[str] | None = (),
     nvml: Any = None,
+    watch: Callable[[], str | None] | None = None,
 ) -> Iterator[EpochFollower]:
     """While the block runs a training into ``run_dir``: its epochs and system metrics to ``run_id``.
 
     ``gpus``: the job's GPUs as NVML selectors (tasks.gpu_scope; ``()`` for a CPU training, None
     for all of the host's). Only those are sampled, into MLflow's system metrics and, per epoch,
     ``perf/gpu_utilization_mean``/``_p95`` and ``perf/gpu_memory_peak_mb``. Without a readable GPU
-    the telemetry is off and ``say`` tells so once. ``nvml`` replaces pynvml (tests).
+    the telemetry is off and ``say`` tells so once. ``nvml`` replaces pynvml (tests). ``watch``:
+    see :class:`EpochFollower` (a sweep trial's "was I pruned?").
     """
     from tasks.adapters.mlflow_tracking import EpochLogger, system_metrics
     from tasks.adapters.nvml import GpuSampler
@@ -106,7 +128,9 @@ def live_logging(
         else:
             sampler = opened
     extra = sampler.epoch_summary if sampler is not None else None
-    follower = EpochFollower(EpochLogger(tracker, run_id, say), run_dir, logged_through, extra=extra).start()
+    follower = EpochFollower(
+        EpochLogger(tracker, run_id, say), run_dir, logged_through, extra=extra, watch=watch
+    ).start()
     try:
         with system_metrics(run_id, tracker.uri, say, gpu=sampler):
             yield follower

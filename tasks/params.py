@@ -12,6 +12,7 @@ it, which would pull in torch).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import importlib.util
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from tasks.errors import ParamsError
+from tasks.sweep_space import OBJECTIVES, Dimension, check_sweep, dimensions
 
 # Ultralytics keys that trainyard owns: it sets them itself from other sections, and a
 # user value would silently send output or data somewhere trainyard does not track.
@@ -97,6 +99,8 @@ def _non_empty_or_null(value: Any) -> str | None:
 
 def _key(default: Any, form: str, check: Callable[[Any], str | None] | None = None) -> Any:
     """A section field: its default, the valid form named in messages, and an optional check."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"form": form, "check": check})
     return field(default=default, metadata={"form": form, "check": check})
 
 
@@ -188,6 +192,47 @@ class TrackingParams:
     promote: str = _key("manual", "manual or auto", _one_of("manual", "auto"))
 
 
+@dataclass(frozen=True)
+class SweepParams:
+    """``sweep``: `trainyard sweep`'s search (tasks/sweep_space.py checks ``space`` and ``enqueue``)."""
+
+    trials: int = _key(20, "how many trials the study ends with (finished, pruned or failed), like 20", _positive)
+    parallel: int = _key(1, "how many trials train at once, like 2", _positive)
+    pool: str | None = _key(
+        None, "a Prefect work pool whose workers train the trials, or null to train them in this process"
+    )
+    deployment: str = _key("train", "the deployment of the train flow on sweep.pool, like train", _non_empty)
+    gpu_limit: str = _key(
+        "trainyard-gpus",
+        "the Prefect global concurrency limit whose slots are GPUs (created with sweep.parallel slots if missing)",
+        _non_empty,
+    )
+    objective: str = _key(
+        "mAP50-95",
+        "mAP50-95, mAP50, precision or recall of best.pt, or a per-epoch metric like val/box_loss",
+        lambda v: None if v in OBJECTIVES else f"must be one of {', '.join(OBJECTIVES)}",
+    )
+    direction: str | None = _key(
+        None, "maximize, minimize, or null (maximize metrics, minimize losses)", _one_of("maximize", "minimize")
+    )
+    pruner: str = _key(
+        "median", "median (stop trials below the median at the same epoch) or none", _one_of("median", "none")
+    )
+    prune_after: int = _key(3, "epochs a trial trains before it can be pruned, like 3", _positive)
+    startup_trials: int = _key(2, "finished trials before pruning starts, like 2", _not_negative)
+    sampler: str = _key("tpe", "tpe or random", _one_of("tpe", "random"))
+    seed: int | None = _key(0, "the sampler's seed (same seed, same suggestions), or null")
+    storage: str | None = _key(
+        None, "an Optuna storage URL like postgresql://user@db/optuna, or null for optuna.db beside params.yaml"
+    )
+    study: str | None = _key(None, "the study's name, or null for <experiment>-sweep-<hash of the search>")
+    enqueue: list[Any] = _key([], "trials to run first, a list of train values like [{lr0: 0.01, imgsz: 96}]")
+    space: dict[str, Any] = _key(
+        {"lr0": {"low": 0.0005, "high": 0.01, "log": True}, "imgsz": [64, 96, 128]},
+        "train keys to search, each {low: 1e-4, high: 0.1, log: true}, {low: 8, high: 32, step: 8} or a list of choices",
+    )
+
+
 SECTION_TYPES: dict[str, type] = {
     "data": DataParams,
     "stage": StageParams,
@@ -196,6 +241,7 @@ SECTION_TYPES: dict[str, type] = {
     "container": ContainerParams,
     "reproduce": ReproduceParams,
     "tracking": TrackingParams,
+    "sweep": SweepParams,
 }
 
 
@@ -203,16 +249,36 @@ def _schema(cls: type) -> dict[str, _Key]:
     hints = typing.get_type_hints(cls)
     return {
         f.name: _Key(
-            typing.get_args(hints[f.name]) or (hints[f.name],), f.default, f.metadata["form"], f.metadata["check"]
+            _accepted(hints[f.name]),
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+            f.metadata["form"],
+            f.metadata["check"],
         )
         for f in fields(cls)
     }
 
 
+def _accepted(hint: Any) -> tuple[type, ...]:
+    origin = typing.get_origin(hint)
+    if origin in (dict, list):  # a nested value (sweep.space): its own checker looks inside
+        return (origin,)
+    return typing.get_args(hint) or (hint,)
+
+
 # What _check_section checks each section's keys against, read off the dataclasses above.
 SCHEMA: dict[str, dict[str, _Key]] = {name: _schema(cls) for name, cls in SECTION_TYPES.items()}
 SETTINGS_TAG_PREFIX = "trainyard.params."  # trainyard's own settings on an MLflow run (not its params)
-SECTIONS: tuple[str, ...] = ("data", "stage", "validate", "train", "runner", "container", "reproduce", "tracking")
+SECTIONS: tuple[str, ...] = (
+    "data",
+    "stage",
+    "validate",
+    "train",
+    "runner",
+    "container",
+    "reproduce",
+    "tracking",
+    "sweep",
+)
 
 
 @dataclass(frozen=True)
@@ -227,6 +293,7 @@ class Params:
     container: ContainerParams
     reproduce: ReproduceParams
     tracking: TrackingParams
+    sweep: SweepParams
     path: Path  # the params.yaml these came from; relative paths resolve against its folder
     overrides: tuple[str, ...] = field(default=())
 
@@ -252,7 +319,8 @@ class Params:
         """The other sections as ``trainyard.params.<section>.<key>`` tags: on the run, out of the params table."""
         from tasks.redact import redact
 
-        settings = {name: value for name, value in self.as_dict().items() if name != "train"}
+        # the sweep's search space is the parent run's record (flows/sweep.py), not each trial's
+        settings = {name: value for name, value in self.as_dict().items() if name not in ("train", "sweep")}
         return {f"{SETTINGS_TAG_PREFIX}{k}": redact(v) for k, v in flatten(settings).items()}
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
@@ -285,6 +353,10 @@ class Params:
         if not model.endswith((".yaml", ".yml")):
             raise ParamsError(f"{self.path}: train.model = {model!r}: valid form: {_TRAIN_TYPE_EXCEPTIONS['model'][1]}")
         return model
+
+    def sweep_dimensions(self) -> "tuple[Dimension, ...]":
+        """``sweep.space`` as the study's dimensions."""
+        return dimensions(self.sweep.space, TRAIN_RULES)
 
     def to_yaml(self) -> str:
         """The resolved params as the run records them: URL passwords masked (see tasks.redact)."""
@@ -427,6 +499,7 @@ def _check(tree: dict[str, Any], path: Path, where: str, overrides: tuple[str, .
     for name, keys in SCHEMA.items():
         checked[name] = _check_section(name, sections[name], keys, where)
     checked["train"] = _check_train(sections["train"], where)
+    check_sweep(checked["sweep"], checked["train"], where, TRAIN_RULES)
     if checked["runner"]["kind"] == "docker":
         problem = _devices_beyond_container(checked["train"].get("device"), checked["container"]["gpus"])
         if problem:
@@ -628,3 +701,24 @@ def ultralytics_defaults() -> dict[str, Any]:
         cfg = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
         _DEFAULTS_CACHE = yaml.safe_load(cfg.read_text())
     return dict(_DEFAULTS_CACHE)
+
+
+class _TrainRules:
+    """``train.*`` as tasks/sweep_space.py checks a search space against it."""
+
+    owned = OWNED_TRAIN_KEYS
+
+    def known(self, key: str) -> bool:
+        return key in ultralytics_defaults()
+
+    def types(self, key: str) -> tuple[type, ...]:
+        return _train_type(key, ultralytics_defaults().get(key))[0]
+
+    def default(self, key: str) -> Any:
+        return ultralytics_defaults().get(key)
+
+    def check(self, body: dict[str, Any], where: str) -> None:
+        _check_train(body, where)
+
+
+TRAIN_RULES = _TrainRules()

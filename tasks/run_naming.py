@@ -30,6 +30,8 @@ def readable_name(params: "Params", extra_tags: dict[str, str] | None = None, st
         return f"{mark}-of-{original}"[:MAX_NAME]
     model = Path(str(params.train.get("model", "model"))).stem
     parts = [model]
+    if tags.get("trainyard.sweep.trial"):  # a sweep's trials sort and read as t0, t1, ... under their parent
+        parts.insert(0, f"t{tags['trainyard.sweep.trial']}")
     changed: dict[str, str] = {}
     for override in params.overrides:
         dotted, _, value = override.partition("=")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Mapping, Protocol
 
 from tasks.adapters.torch_environment import Environment, local_environment
-from tasks.errors import RunnerError, TrainingError
+from tasks.errors import Interrupted, RunnerError, TrainingError
 from tasks.job import JOB_FILE, WAIT_FLAG, TrainJob
 from tasks.params import ContainerParams
 from tasks.training_output import LogSink, last_frame, last_lines, training_env
@@ -145,6 +145,7 @@ class LocalRunner:
                 try:
                     raw = lines.get(timeout=_POLL)
                 except queue.Empty:
+                    _stop_if_asked()
                     continue
                 if raw is None:
                     break
@@ -153,7 +154,7 @@ class LocalRunner:
                     tail.append(line)
                     log(line)
             while (code := _poll_wait(proc)) is None:
-                pass
+                _stop_if_asked()
         except BaseException:
             # Ctrl-C or a cancelled flow: stop the child, never leave it training on its own.
             _stop(proc)
@@ -163,6 +164,20 @@ class LocalRunner:
 
 
 _POLL = 0.25  # seconds between checks for a Ctrl-C while the training runs
+
+# Set when this process stops every training it runs at once: trainings in other threads (a
+# sweep's trials) see no Ctrl-C of their own, so each runner raises it in its thread.
+_STOP_ALL: list[int] = []
+
+
+def stop_local_trainings(signum: int = signal.SIGINT) -> None:
+    """Make every LocalRunner.run of this process, in any thread, stop its training as on ``signum``."""
+    _STOP_ALL.append(signum)
+
+
+def _stop_if_asked() -> None:
+    if _STOP_ALL:
+        raise Interrupted(_STOP_ALL[0])
 
 
 def _pump(stream: IO[bytes], lines: "queue.Queue[bytes | None]") -> None:

@@ -7,6 +7,8 @@ the model, and where is the MLflow run.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -49,3 +51,17 @@ class RunSummary:
 def _number(value: float | int) -> str:
     # counts come back from MLflow as floats (40.0): show them as the whole numbers they are
     return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
+
+
+_DESCRIPTION = re.compile(r"^trainyard train: (?P<outcome>.+), MLflow run (?P<run_id>[0-9a-f]{32})$")
+
+
+def artifact_description(outcome: str, run_id: str) -> str:
+    """The Prefect artifact's one line; a sweep reads a work-pool trial's outcome back from it."""
+    return f"trainyard train: {outcome}, MLflow run {run_id}"
+
+
+def parse_artifact_description(text: str) -> tuple[str, str] | None:
+    """(outcome, MLflow run id) from :func:`artifact_description`'s line, or None."""
+    match = _DESCRIPTION.match(text.strip())
+    return (match["outcome"], match["run_id"]) if match else None

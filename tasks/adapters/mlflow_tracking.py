@@ -519,6 +519,11 @@ class Tracker:
                 out.append(info.path)
         return out
 
+    def download_artifact(self, run_id: str, path: str, dest: Path) -> Path:
+        """One artifact of ``run_id`` into the folder ``dest``; returns the local file."""
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(self._call(lambda: self.client.download_artifacts(run_id, path, str(dest))))
+
     def read_artifact_text(self, run_id: str, path: str) -> str:
         import tempfile
 

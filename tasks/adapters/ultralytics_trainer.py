@@ -46,6 +46,7 @@ from tasks.job import (
     LAST,
     OUTCOME_FILE,
     PARTIAL_SUFFIX,
+    STOP_FILE,
     OutOfMemory,
     TrainJob,
     WAIT_FLAG,
@@ -334,6 +335,8 @@ def _log_epoch(trainer: Any) -> None:
     if job.stop_after is not None and epoch >= job.stop_after:
         # A replay of the first N epochs must keep the LR schedule of the full run, so
         # `epochs` stays as recorded and training stops here instead (rank 0 broadcasts it).
+        trainer.stop = True
+    if (Path(job.run_dir) / STOP_FILE).exists():  # a sweep pruned this trial (rank 0 broadcasts it too)
         trainer.stop = True
     if epoch in trainer.trainyard_logged or epoch <= job.logged_through:
         return

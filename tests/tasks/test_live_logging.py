@@ -111,3 +111,32 @@ def test_without_a_driver_gpu_telemetry_is_off_and_says_so_once(tmp_path: Path) 
     with live_logging(tracker, run_id, tmp_path, 1, said.append, gpus=[]):  # a CPU training: nothing to say
         pass
     assert not [s for s in said if "GPU" in s]
+
+
+def test_a_pruned_trial_gets_the_stop_file_with_the_sweeps_reason_once(tmp_path: Path) -> None:
+    """The sweep tags the run; the flow's follower, asking every watch_every s, tells the trainer by a file."""
+    from tasks.job import STOP_FILE
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("e", "r", tags={}, params={})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    asked: list[float] = []
+
+    def watch() -> str | None:
+        asked.append(time.monotonic())
+        return tracker.get_run(run_id).tags.get("trainyard.sweep.prune")
+
+    follower = EpochFollower(EpochLogger(tracker, run_id, print), run_dir, poll=0.05, watch=watch, watch_every=0.1)
+    follower.start()
+    time.sleep(0.5)
+    assert not (run_dir / STOP_FILE).exists() and len(asked) >= 2  # asked, and nothing to stop for yet
+    tracker.set_tags(run_id, {"trainyard.sweep.prune": "pruned after epoch 3: below the median"})
+    deadline = time.monotonic() + 10
+    while not (run_dir / STOP_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    count = len(asked)
+    time.sleep(0.3)
+    follower.stop(timeout=10)
+    assert (run_dir / STOP_FILE).read_text() == "pruned after epoch 3: below the median\n"
+    assert len(asked) == count  # once told, it stops asking MLflow

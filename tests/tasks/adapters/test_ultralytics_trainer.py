@@ -273,6 +273,23 @@ def test_epochs_mlflow_already_has_are_not_recorded_again(tmp_path: Path, yolo_c
     assert trainer.stop  # stop_after still ends the training on epochs it does not log
 
 
+@pytest.mark.slow
+def test_a_stop_file_ends_the_training_after_the_epoch_it_is_in(tmp_path: Path) -> None:
+    """How a sweep's pruning reaches the training process (it reads no MLflow): a file in its run directory."""
+    from tasks.job import STOP_FILE
+
+    data = generate_demo_dataset(tmp_path / "data", TINY)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / STOP_FILE).write_text("pruned after epoch 1\n")
+    job = TrainJob(run_dir=str(run_dir), data_yaml=str(data / "data.yaml"), args=ARGS)  # 4 epochs
+    proc = train(job, child_env(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outcome = TrainOutcome.read(run_dir)
+    assert outcome is not None and outcome.epochs == 1 and outcome.best is not None
+    assert [int(r["epoch"]) for r in read_results_csv(run_dir / "results.csv")] == [1]
+
+
 def test_a_job_json_from_before_resume_still_loads(tmp_path: Path) -> None:
     old = tmp_path / JOB_FILE
     old.write_text(json.dumps({"run_dir": "r", "data_yaml": "d.yaml", "args": {"epochs": 3}, "stop_after": None}))
