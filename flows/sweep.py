@@ -101,6 +101,13 @@ def sweep_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         parent,
     )
     base = [o for o in given if not o.strip().startswith("sweep.")]  # the user's --set, for every trial
+    if spec.pool and not tracking_uri.startswith(("http://", "https://")):
+        logger.warning(
+            "sweep.pool %r with the tracking store %s: only workers on this machine can log their trials "
+            "there; set tracking.uri to an MLflow server the pool's workers reach",
+            spec.pool,
+            redact(tracking_uri),
+        )
     if spec.pool:
         _ensure_gpu_limit(spec.gpu_limit, spec.parallel)
         launcher: Any = PoolTrials(spec.pool, spec.deployment, params_path, base, spec.gpu_limit)
@@ -300,7 +307,8 @@ def _parent_run(tracker: Tracker, params: Params, name: str, storage: str, direc
     base = {k: v for k, v in flatten(dict(params.train)).items() if k not in searched}
     settings = {
         f"sweep.{k}": v
-        for k, v in flatten({k: getattr(spec, k) for k in ("trials", "objective", "pruner", "sampler", "seed")}).items()
+        # not sweep.trials: params cannot change, and an extended sweep has more (the trials/* metrics count them)
+        for k, v in flatten({k: getattr(spec, k) for k in ("objective", "pruner", "sampler", "seed")}).items()
     }
     label = " ".join(d.key for d in dims)
     return tracker.start_run(
