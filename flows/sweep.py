@@ -19,6 +19,7 @@ import io
 import json
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ class LocalTrials:
         self.params_path, self.base = params_path, base
         self._ends: dict[str, TrialEnd | None] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._ended = threading.Event()  # set by each trial's thread as it ends: wakes the sweep's loop
 
     def launch(self, plan: TrialPlan) -> str:
         handle = f"local-{uuid.uuid4().hex[:12]}"
@@ -169,6 +171,8 @@ class LocalTrials:
             self._ends[handle] = TrialEnd(True, result.run_id, result.outcome)
         except BaseException as exc:  # noqa: BLE001 - a failed trial is the study's business, not the sweep's end
             self._ends[handle] = TrialEnd(False, None, f"{type(exc).__name__}: {redact(str(exc))}")
+        finally:
+            self._ended.set()
 
     def poll(self, handle: str) -> TrialEnd | None:
         thread = self._threads.get(handle)
@@ -178,6 +182,10 @@ class LocalTrials:
 
     def knows(self, handle: str) -> bool:
         return handle in self._threads
+
+    def wait(self, seconds: float) -> None:
+        self._ended.wait(seconds)
+        self._ended.clear()
 
     def stop(self) -> None:
         """Stop the trainings (their runs end KILLED, to resume) and wait for their flows to record it."""
@@ -245,6 +253,9 @@ class PoolTrials:
 
     def stop(self) -> None:
         pass  # flow runs on the pool train on; the next `trainyard sweep` adopts them
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)  # the API is polled: a flow run's end is seen at the next poll
 
     def knows(self, handle: str) -> bool:
         from prefect.client.orchestration import get_client

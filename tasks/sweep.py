@@ -94,6 +94,10 @@ class Launcher(Protocol):
         """The sweep is interrupted: stop what trains in this process (a pool's trials train on, to be adopted)."""
         ...
 
+    def wait(self, seconds: float) -> None:
+        """Pause the loop for ``seconds``, or less when a trial ends (the next one starts without delay)."""
+        ...
+
 
 class Tracking(Protocol):
     """The part of tasks.adapters.mlflow_tracking.Tracker the loop uses."""
@@ -152,7 +156,7 @@ class Sweep:
     poll_seconds: float = POLL_SECONDS
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None  # None: the launcher's wait
     _active: dict[int, _Active] = field(default_factory=dict)
     _lines: list[str] = field(default_factory=list)
     _beat: float = 0.0
@@ -181,7 +185,7 @@ class Sweep:
                 self._follow(number)
             self._heartbeat()
             if self._active:
-                self.sleep(self.poll_seconds)
+                (self.sleep or self.launcher.wait)(self.poll_seconds)
         return self.report()
 
     def report(self) -> SweepReport:

@@ -93,6 +93,9 @@ class FakeLauncher:
     def stop(self) -> None:
         pass
 
+    def wait(self, seconds: float) -> None:
+        pass
+
 
 def make_sweep(tmp_path: Path, runs: FakeRuns, launcher: Any, **kw: Any) -> Sweep:
     study = Study.open(f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", startup_trials=1)
