@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from tasks.adapters.mlflow_tracking import Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.adapters.optuna_study import Study, TrialRecord, default_storage
@@ -363,6 +364,10 @@ def _finish(
             trained = load_params(params.path, (*params.overrides, *overrides(values)))  # the best trial's params
             version = _register_best(tracker, trained, best_run)
     tags[NOTE_TAG] = _note(report, spec.objective, direction, study.name)
+    # the same table on the Prefect flow run (Artifacts tab), keyed so a study's sweeps line up in one history
+    create_markdown_artifact(
+        markdown=tags[NOTE_TAG], key="trainyard-sweep", description=f"trainyard sweep {study.name}: parent run {parent}"
+    )
     tracker.log_metrics(parent, metrics, step=ended)
     tracker.set_tags(parent, tags)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -197,7 +197,7 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str, pr
     return resumed
 
 
-def pruned_watch(tracker: Tracker, run_id: str) -> Any:
+def pruned_watch(tracker: Tracker, run_id: str) -> Callable[[], str | None]:
     """For live logging: the sweep's reason to stop this trial, once it tagged the run (None until then)."""
 
     def watch() -> str | None:
