@@ -14,8 +14,6 @@ two places a trial can train:
 from __future__ import annotations
 
 import contextvars
-import csv
-import io
 import json
 import tempfile
 import threading
@@ -23,13 +21,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.adapters.mlflow_tracking import Tracker, default_artifact_root, resolve_tracking_uri
-from tasks.adapters.optuna_study import Study, TrialRecord, default_storage
+from tasks.adapters.optuna_study import Study, default_storage
 from tasks.errors import ParamsError, SweepError, TrackingError
 from tasks.evaluate import final_metrics
 from tasks.params import Params, flatten, load_params
@@ -37,11 +35,9 @@ from tasks.redact import redact, reveal
 from tasks.registry import describe_version, register_run, registry_plan
 from tasks.run_lease import RUN_DIR_TAG
 from tasks.run_naming import NOTE_TAG
-from tasks.summary import parse_artifact_description
-from tasks.sweep import ROLE_TAG, STUDY_TAG, Sweep, SweepReport, TrialEnd, TrialPlan
-from tasks.sweep_space import objective_direction, overrides, study_name
-
-SUMMARY_ARTIFACT = "trainyard-train"  # the train flow's summary (flows/train.py), read back for pool trials
+from tasks.summary import ARTIFACT_KEY, parse_artifact_description
+from tasks.sweep import ENDED, ROLE_TAG, STUDY_TAG, Sweep, SweepReport, TrialEnd, TrialPlan
+from tasks.sweep_space import Dimension, objective_direction, overrides, study_name
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ def sweep_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     study = Study.open(
         storage, name, direction, spec.pruner, spec.prune_after, spec.startup_trials, spec.sampler, spec.seed
     )
-    parent = _parent_run(tracker, params, name, storage, direction)
+    parent = _parent_run(tracker, params, dims, name, storage, direction)
     logger.info(
         "sweep %s: %d trial(s), %d at once, %s %s; study in %s; parent MLflow run %s",
         name,
@@ -275,7 +271,7 @@ def _summary_of(client: Any, flow_run_id: uuid.UUID) -> tuple[str | None, str]:
 
     artifacts = client.read_artifacts(
         artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT])
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[ARTIFACT_KEY])
         )
     )
     for artifact in artifacts:
@@ -302,7 +298,9 @@ def _ensure_gpu_limit(name: str, slots: int) -> None:
     logger.info("GPU slots: Prefect concurrency limit %r allows %d training(s) at once", name, limit.limit)
 
 
-def _parent_run(tracker: Tracker, params: Params, name: str, storage: str, direction: str) -> str:
+def _parent_run(
+    tracker: Tracker, params: Params, dims: Sequence[Dimension], name: str, storage: str, direction: str
+) -> str:
     """The sweep's MLflow run: found by its study (a resumed sweep), else created."""
     experiment = params.tracking.experiment
     found = tracker.search_runs(
@@ -313,7 +311,6 @@ def _parent_run(tracker: Tracker, params: Params, name: str, storage: str, direc
             tracker.reopen_run(found[0].run_id)
         return found[0].run_id
     spec = params.sweep
-    dims = params.sweep_dimensions()
     searched = {d.key for d in dims}
     record = {f"space.{d.key}": d.describe().removeprefix(f"{d.key} ") for d in dims}
     base = {k: v for k, v in flatten(dict(params.train)).items() if k not in searched}
@@ -344,7 +341,7 @@ def _finish(
     """The best trial, the counts and Optuna's plots on the parent run; the best model as ``candidate``."""
     logger = get_run_logger()
     spec = params.sweep
-    ended = report.count("COMPLETE") + report.count("PRUNED") + report.count("FAIL")
+    ended = sum(report.count(state) for state in ENDED)
     counts = {
         "trials/complete": report.count("COMPLETE"),
         "trials/pruned": report.count("PRUNED"),
@@ -357,13 +354,13 @@ def _finish(
     best_run = str(best.attrs.get("run_id", "")) if best else ""
     if best is not None and best.value is not None:
         metrics[f"best/{spec.objective}"] = best.value
-        values = best.attrs.get("train") or best.params
+        values = best.values
         tags.update({f"trainyard.sweep.best.{k}": json.dumps(v) for k, v in values.items()})
         tags.update({"trainyard.sweep.best_trial": str(best.number), "trainyard.sweep.best_run": best_run})
         if best_run:
             trained = load_params(params.path, (*params.overrides, *overrides(values)))  # the best trial's params
             version = _register_best(tracker, trained, best_run)
-    tags[NOTE_TAG] = _note(report, spec.objective, direction, study.name)
+    tags[NOTE_TAG] = report.markdown(spec.objective, direction)
     # the same table on the Prefect flow run (Artifacts tab), keyed so a study's sweeps line up in one history
     create_markdown_artifact(
         markdown=tags[NOTE_TAG], key="trainyard-sweep", description=f"trainyard sweep {study.name}: parent run {parent}"
@@ -374,7 +371,7 @@ def _finish(
         for png in study.plots(Path(tmp) / "optuna"):
             tracker.log_artifact(parent, png, "optuna")
         table = Path(tmp) / "trials.csv"
-        table.write_text(_trials_csv(report.trials))
+        table.write_text(report.csv_table())
         tracker.log_artifact(parent, table)
         importances = study.importances()
         if importances:
@@ -384,7 +381,7 @@ def _finish(
     if ended and not report.count("COMPLETE"):
         raise SweepError(
             f"sweep {study.name}: none of its {ended} trial(s) finished ({counts['trials/pruned']} pruned, "
-            f"{counts['trials/failed']} failed); the first failure: {_first_failure(report.trials)}"
+            f"{counts['trials/failed']} failed); the first failure: {report.first_failure()}"
         )
     record = tracker.get_run(parent)
     best_record = tracker.get_run(best_run) if best_run else None
@@ -400,7 +397,7 @@ def _finish(
         failed=counts["trials/failed"],
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_values=dict(best.attrs.get("train") or best.params) if best else {},
+        best_values=best.values if best else {},
         best_run_id=best_run,
         best_run_url=tracker.run_url(best_record) if best_record else "",
         model_version=version,
@@ -438,41 +435,3 @@ def _register_best(tracker: Tracker, params: Params, run_id: str) -> str:
         return ""
     logger.info(registration.note)
     return describe_version(tracker, tracker.get_run(run_id).tags)
-
-
-def _note(report: SweepReport, objective: str, direction: str, name: str) -> str:
-    """The parent run's Description: every trial, the best one first."""
-    order = sorted(
-        report.trials,
-        key=lambda t: (t.value is None, -(t.value or 0.0) if direction == "maximize" else (t.value or 0.0)),
-    )
-    lines = [
-        f"**sweep** `{name}`: {direction} {objective}",
-        "",
-        f"| trial | state | {objective} | values | run |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for t in order:
-        values = " ".join(f"{k}={v}" for k, v in (t.attrs.get("train") or t.params).items())
-        score = "" if t.value is None else f"{t.value:.4f}"
-        mark = " **best**" if report.best is not None and t.number == report.best.number else ""
-        lines.append(f"| {t.number}{mark} | {t.state} | {score} | {values} | {t.attrs.get('run_id', '')} |")
-    return "\n".join(lines)
-
-
-def _trials_csv(trials: list[TrialRecord]) -> str:
-    out = io.StringIO()
-    keys = sorted({k for t in trials for k in (t.attrs.get("train") or t.params)})
-    writer = csv.writer(out)
-    writer.writerow(["trial", "state", "value", *keys, "run_id", "outcome"])
-    for t in trials:
-        values = t.attrs.get("train") or t.params
-        writer.writerow(
-            [t.number, t.state, t.value, *(values.get(k) for k in keys), t.attrs.get("run_id"), t.attrs.get("outcome")]
-        )
-    return out.getvalue()
-
-
-def _first_failure(trials: list[TrialRecord]) -> str:
-    failed = next((t for t in trials if t.state == "FAIL"), None)
-    return str(failed.attrs.get("outcome", "no reason recorded")) if failed else "none failed (all were pruned)"

@@ -11,7 +11,7 @@ import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -32,7 +32,7 @@ from tasks.runners import Runner, make_runner
 from tasks.stage import StagedDataset, cache_from_params, stage_exact, stage_from_params
 from tasks.data_wait import STARVED, TAG as DATA_WAIT_TAG
 from tasks.gpu_scope import runner_gpus
-from tasks.summary import RunSummary, artifact_description
+from tasks.summary import ARTIFACT_KEY, RunSummary, artifact_description
 from tasks.adapters.mlflow_tracking import RunRecord, Tracker, default_artifact_root, resolve_tracking_uri
 from tasks.job import (
     OOM_TAG,
@@ -45,7 +45,7 @@ from tasks.job import (
     worth_retrying,
 )
 from tasks.live_logging import live_logging
-from tasks.sweep import PRUNE_TAG, STUDY_TAG
+from tasks.sweep import STUDY_TAG, pruned_watch
 from tasks.validate import ValidationReport, format_warnings, validate_staged
 from tasks.adapters.git_dvc import code_root, code_version
 
@@ -197,18 +197,6 @@ def train_task(runner: Runner, job: TrainJob, tracking_uri: str, run_id: str, pr
     return resumed
 
 
-def pruned_watch(tracker: Tracker, run_id: str) -> Callable[[], str | None]:
-    """For live logging: the sweep's reason to stop this trial, once it tagged the run (None until then)."""
-
-    def watch() -> str | None:
-        try:
-            return tracker.get_run(run_id).tags.get(PRUNE_TAG)
-        except TrackingError:
-            return None  # asked again in a moment; an outage must not stop a training
-
-    return watch
-
-
 @contextlib.contextmanager
 def _gpu_slot(limit: str | None) -> Any:
     """Hold one slot of the Prefect global concurrency limit ``limit`` (GPUs) while training."""
@@ -259,7 +247,7 @@ def publish_summary_task(summary: RunSummary) -> None:
     """The flow run's summary in the Prefect UI (Artifacts tab), keyed so runs line up in one history."""
     create_markdown_artifact(
         markdown=summary.markdown(),
-        key="trainyard-train",
+        key=ARTIFACT_KEY,
         description=artifact_description(summary.outcome, summary.run_id),
     )
 
@@ -399,9 +387,11 @@ def train_flow(
         tracker.set_tags(run_id, {NOTE_TAG: description(params, key, staged.source, outcome_text)})
     record = tracker.get_run(run_id)
     url = tracker.run_url(record)
-    outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})" if resumed else "trained"
+    outcome = "trained"
     if pruned:
         outcome = "pruned"
+    elif resumed:
+        outcome = f"trained (resumed after epoch {', '.join(map(str, resumed))})"
     verdict = record.tags.get(DATA_WAIT_TAG, "")  # the finish diagnosed the run directory
     if verdict:
         (logger.warning if verdict.startswith(STARVED) else logger.info)(verdict)

@@ -12,7 +12,7 @@ from tasks.adapters.mlflow_tracking import read_results_csv
 from tasks.job import TrainOutcome
 
 # Ultralytics' result keys -> the short names users compare in `dvc metrics diff`.
-_FINAL_KEYS = {
+FINAL_KEYS = {
     "metrics/mAP50(B)": "mAP50",
     "metrics/mAP50-95(B)": "mAP50-95",
     "metrics/precision(B)": "precision",
@@ -80,7 +80,7 @@ def summarize(run_dir: Path) -> dict[str, float | int]:
     outcome = TrainOutcome.read(run_dir)
     final_src = dict(outcome.final_metrics) if outcome and outcome.final_metrics else (dict(rows[-1]) if rows else {})
     summary: dict[str, float | int] = {
-        short: round(float(final_src[key]), 5) for key, short in _FINAL_KEYS.items() if key in final_src
+        short: round(float(final_src[key]), 5) for key, short in FINAL_KEYS.items() if key in final_src
     }
     best = best_epoch(rows)
     if best is not None:

@@ -8,7 +8,6 @@ the model, and where is the MLflow run.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -53,6 +52,7 @@ def _number(value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
 
 
+ARTIFACT_KEY = "trainyard-train"  # the train flow's Prefect artifact; a sweep reads work-pool trials' back
 _DESCRIPTION = re.compile(r"^trainyard train: (?P<outcome>.+), MLflow run (?P<run_id>[0-9a-f]{32})$")
 
 

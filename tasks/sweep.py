@@ -19,6 +19,8 @@ pool); this loop sees only MLflow and the study:
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import socket
@@ -26,6 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
+from tasks.errors import TrackingError
+from tasks.evaluate import final_metrics
+from tasks.run_lease import pid_alive
 from tasks.sweep_space import FINAL_OBJECTIVES, Dimension, epoch_metric, overrides
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ STATE_TAG = "trainyard.sweep.state"  # a child's end as the study recorded it: C
 POLL_SECONDS = 2.0
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER = 4 * HEARTBEAT_SECONDS  # a trial whose owner stayed silent this long is an orphan
+ENDED = ("COMPLETE", "PRUNED", "FAIL")  # the study's states of a trial that is over
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,49 @@ class SweepReport:
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
 
+    def markdown(self, objective: str, direction: str) -> str:
+        """Every trial as a table, the best first: the parent run's Description."""
+        order = sorted(
+            self.trials,
+            key=lambda t: (t.value is None, -(t.value or 0.0) if direction == "maximize" else (t.value or 0.0)),
+        )
+        lines = [
+            f"**sweep** `{self.study}`: {direction} {objective}",
+            "",
+            f"| trial | state | {objective} | values | run |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for t in order:
+            values = " ".join(f"{k}={v}" for k, v in t.values.items())
+            score = "" if t.value is None else f"{t.value:.4f}"
+            mark = " **best**" if self.best is not None and t.number == self.best.number else ""
+            lines.append(f"| {t.number}{mark} | {t.state} | {score} | {values} | {t.attrs.get('run_id', '')} |")
+        return "\n".join(lines)
+
+    def csv_table(self) -> str:
+        """trials.csv: one row per trial, a column per searched key."""
+        out = io.StringIO()
+        keys = sorted({k for t in self.trials for k in t.values})
+        writer = csv.writer(out)
+        writer.writerow(["trial", "state", "value", *keys, "run_id", "outcome"])
+        for t in self.trials:
+            values = t.values
+            writer.writerow(
+                [
+                    t.number,
+                    t.state,
+                    t.value,
+                    *(values.get(k) for k in keys),
+                    t.attrs.get("run_id"),
+                    t.attrs.get("outcome"),
+                ]
+            )
+        return out.getvalue()
+
+    def first_failure(self) -> str:
+        failed = next((t for t in self.trials if t.state == "FAIL"), None)
+        return str(failed.attrs.get("outcome", "no reason recorded")) if failed else "none failed (all were pruned)"
+
 
 @dataclass
 class Sweep:
@@ -170,7 +219,7 @@ class Sweep:
         self._adopt_orphans(known)
         while True:
             known = self.study.trials()
-            ended = sum(t.state in ("COMPLETE", "PRUNED", "FAIL") for t in known)
+            ended = sum(t.state in ENDED for t in known)
             elsewhere = [t for t in known if t.state == "RUNNING" and t.number not in self._active]
             while ended + len(self._active) + len(elsewhere) < self.trials and len(self._active) < self.parallel:
                 self._start_new()
@@ -219,7 +268,7 @@ class Sweep:
         for trial in known:
             if trial.state != "RUNNING" or not self._orphaned(trial):
                 continue
-            values = trial.attrs.get("train") or trial.params
+            values = trial.values
             handle = str(trial.attrs.get("handle") or "")
             attempt = int(trial.attrs.get("attempt", 0))
             self.study.set_attrs(trial.number, {"owner": self.owner, "heartbeat": self.clock()})
@@ -249,7 +298,7 @@ class Sweep:
         if owner == self.owner:
             return True  # this very process, before a restart that reused the pid
         if host == socket.gethostname() and pid.isdigit():
-            return not _alive(int(pid))
+            return not pid_alive(int(pid))
         beat = trial.attrs.get("heartbeat")
         return not isinstance(beat, (int, float)) or self.clock() - float(beat) > STALE_AFTER
 
@@ -337,21 +386,22 @@ class Sweep:
         self.say(line)
 
 
+def pruned_watch(tracker: Tracking, run_id: str) -> Callable[[], str | None]:
+    """For a trial's live logging: the sweep's reason to stop it, once it tagged the run (None until then)."""
+
+    def watch() -> str | None:
+        try:
+            return tracker.get_run(run_id).tags.get(PRUNE_TAG)
+        except TrackingError:
+            return None  # asked again in a moment; an outage must not stop a training
+
+    return watch
+
+
 def objective_value(tracker: Tracking, run_id: str, objective: str) -> float | None:
     """A finished run's score: best.pt's final value, or a per-epoch metric's last value."""
     if objective in FINAL_OBJECTIVES:
-        metrics = tracker.get_run(run_id).metrics
-        value = metrics.get(objective, metrics.get(f"final/{objective}"))
+        value = final_metrics(tracker.get_run(run_id).metrics).get(objective)
         return None if value is None else float(value)
     history = tracker.metric_history(run_id, objective)
     return float(history[-1][1]) if history else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

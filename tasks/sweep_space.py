@@ -20,15 +20,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
+from tasks.evaluate import FINAL_KEYS, FINAL_METRICS
+
 # What a trial is scored on. The first four are best.pt's final validation (what a user deploys,
-# as in metrics.json); the others are per-epoch columns of Ultralytics' results.csv, scored at the
-# last epoch. tests/tasks/test_sweep_space.py checks these names against the installed Ultralytics.
-FINAL_OBJECTIVES: dict[str, str] = {
-    "mAP50-95": "metrics/mAP50-95(B)",
-    "mAP50": "metrics/mAP50(B)",
-    "precision": "metrics/precision(B)",
-    "recall": "metrics/recall(B)",
-}
+# as in metrics.json: short name -> results.csv column, in metrics.json's order); the others are
+# per-epoch columns of Ultralytics' results.csv, scored at the last epoch.
+# tests/tasks/test_sweep_space.py checks these names against the installed Ultralytics.
+_COLUMN_OF = {short: column for column, short in FINAL_KEYS.items()}
+FINAL_OBJECTIVES: dict[str, str] = {m: _COLUMN_OF[m] for m in FINAL_METRICS if m in _COLUMN_OF}
 EPOCH_OBJECTIVES: tuple[str, ...] = (
     *FINAL_OBJECTIVES.values(),
     "train/box_loss",

@@ -141,6 +141,16 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def cli_env(tmp_path: Path, api_url: str) -> dict[str, str]:
+    """Environment for a `trainyard` or `prefect` command a test starts against the Prefect API ``api_url``:
+    none of this session's Prefect, MLflow or pytest settings, an own Ultralytics config folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINYARD_PREFECT"))}
+    env.update(prefect_env(tmp_path, api_url))
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid dataset; tests must not modify it (copy it first)."""

@@ -22,20 +22,22 @@ from tasks.sweep_space import Dimension, suggest
 if TYPE_CHECKING:
     import optuna
 
-STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
-ENDED = ("COMPLETE", "PRUNED", "FAIL")
-
 
 @dataclass(frozen=True)
 class TrialRecord:
     """A trial as the study holds it."""
 
     number: int
-    state: str  # one of STATES
+    state: str  # RUNNING, WAITING, COMPLETE, PRUNED or FAIL (Optuna's TrialState names)
     params: dict[str, Any]
-    attrs: dict[str, Any]  # user attributes: run_id, flow_run_id, owner, heartbeat, train
+    attrs: dict[str, Any]  # user attributes: run_id, handle, owner, heartbeat, attempt, outcome, train
     value: float | None
     steps: dict[int, float] = field(default_factory=dict)  # the epochs reported so far
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The ``train`` values it trained: as asked (``train``, rounded), else Optuna's params."""
+        return dict(self.attrs.get("train") or self.params)
 
 
 class Study:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tasks.adapters.mlflow_tracking import Tracker
-from tests.conftest import REPO, VENV_BIN, _stop_group, copy_dataset, prefect_env, write_params
+from tests.conftest import REPO, VENV_BIN, _stop_group, cli_env, copy_dataset, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +85,7 @@ def test_serve_runs_the_schedule_and_skips_an_unchanged_second_run(
         )
     )
     (tmp_path / "yolo").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(prefect_env(tmp_path, prefect_server))
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
-    env.pop("PYTEST_CURRENT_TEST", None)
+    env = cli_env(tmp_path, prefect_server)
     log = (tmp_path / "serve.log").open("wb")
     # started from another folder on purpose: serve must resolve params.yaml next to prefect.yaml
     serve = subprocess.Popen(
@@ -178,10 +175,7 @@ def test_prefect_deploy_of_the_shipped_prefect_yaml_and_a_process_worker_run(
         plots=False,
     )
     (tmp_path / "yolo").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(prefect_env(tmp_path, prefect_server))
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
-    env.pop("PYTEST_CURRENT_TEST", None)
+    env = cli_env(tmp_path, prefect_server)
     _prefect(["work-pool", "create", "trainyard", "--type", "process", "--overwrite"], env, REPO, 120)
     _prefect(["deploy", "--name", "nightly-train", "--name", "train"], env, REPO, 240)
 

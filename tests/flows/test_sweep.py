@@ -155,7 +155,7 @@ def test_ctrl_c_stops_a_local_sweep_within_seconds_and_the_same_command_resumes_
     import subprocess
     import time
 
-    from tests.conftest import VENV_BIN, copy_dataset, prefect_env, write_params
+    from tests.conftest import VENV_BIN, cli_env, copy_dataset, write_params
 
     data = copy_dataset(tiny_dataset, tmp_path / "data")
     params = write_params(
@@ -169,10 +169,7 @@ def test_ctrl_c_stops_a_local_sweep_within_seconds_and_the_same_command_resumes_
         plots=False,
     )
     params = with_sweep(params, trials=2, pruner="none", space={"lr0": [0.01, 0.02]})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINYARD_PREFECT"))}
-    env.update(prefect_env(tmp_path, prefect_server))
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
-    env.pop("PYTEST_CURRENT_TEST", None)
+    env = cli_env(tmp_path, prefect_server)
     cmd = [str(VENV_BIN / "trainyard"), "sweep", "--params", str(params)]
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
 

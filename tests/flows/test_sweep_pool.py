@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, VENV_BIN, _stop_group, copy_dataset, prefect_env, write_params
+from tests.conftest import REPO, VENV_BIN, _stop_group, cli_env, copy_dataset, write_params
 from tests.flows.test_schedules import _prefect, prefect_client
 
 pytestmark = pytest.mark.slow
@@ -83,10 +83,7 @@ def test_a_pool_sweep_runs_two_trials_at_once_prunes_the_diverging_one_and_resum
         enqueue=[{"lr0": 0.01, "patience": 100}, {"lr0": 0.01, "patience": 50}, {"lr0": 1.0, "patience": 100}],
     )
     (tmp_path / "yolo").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINYARD_PREFECT"))}
-    env.update(prefect_env(tmp_path, prefect_server))
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
-    env.pop("PYTEST_CURRENT_TEST", None)
+    env = cli_env(tmp_path, prefect_server)
     _prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], env, REPO, 120)
     _prefect(["deploy", "--name", "train", "--pool", POOL], env, REPO, 240)
 

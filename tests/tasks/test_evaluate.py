@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.evaluate import _FINAL_KEYS, FITNESS_WEIGHTS, fitness, summarize
+from tasks.evaluate import FINAL_KEYS, FITNESS_WEIGHTS, fitness, summarize
 from tasks.job import TrainJob
 from tests.conftest import copy_dataset
 from tests.tasks.adapters.test_ultralytics_trainer import ARGS, child_env, train
@@ -71,7 +71,7 @@ def test_fitness_weights_and_columns_are_those_of_the_installed_ultralytics() ->
     from ultralytics.utils.metrics import DetMetrics
 
     keys = DetMetrics().keys  # results.csv columns, in mean_results() order
-    assert set(_FINAL_KEYS) == set(keys)
+    assert set(FINAL_KEYS) == set(keys)
     unit = [tuple(float(i == j) for j in range(len(keys))) for i in range(len(keys))]
     assert FITNESS_WEIGHTS == {key: ultralytics_fitness(u) for key, u in zip(keys, unit, strict=True)}
 
