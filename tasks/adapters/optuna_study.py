@@ -11,6 +11,7 @@ project by default, Postgres for a team; several sweep processes may share one s
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from tasks.sweep_space import Dimension, suggest
 
 if TYPE_CHECKING:
     import optuna
+
+OPEN_ATTEMPTS = 5  # tries to open a study while another process creates its database (5 s in all)
 
 
 @dataclass(frozen=True)
@@ -74,23 +77,31 @@ class Study:
                 return optuna.samplers.RandomSampler(seed=seed)
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(startup_trials, 1))
 
+        from sqlalchemy.exc import IntegrityError, OperationalError
+
         chosen_sampler = make_sampler(seed)
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=name,
-                direction=optuna.study.StudyDirection.MAXIMIZE
-                if direction == "maximize"
-                else optuna.study.StudyDirection.MINIMIZE,
-                pruner=chosen_pruner,
-                sampler=chosen_sampler,
-                load_if_exists=True,
-            )
-        except Exception as exc:  # SQLAlchemy's errors: a wrong URL, a missing driver, a server down
-            raise SweepError(
-                f"cannot open the Optuna study {name!r} at {_shown(storage)}: {type(exc).__name__}: {exc}; "
-                "set sweep.storage to a database URL like sqlite:///optuna.db or postgresql://user@host/optuna"
-            ) from exc
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=name,
+                    direction=optuna.study.StudyDirection.MAXIMIZE
+                    if direction == "maximize"
+                    else optuna.study.StudyDirection.MINIMIZE,
+                    pruner=chosen_pruner,
+                    sampler=chosen_sampler,
+                    load_if_exists=True,
+                )
+                break
+            except (IntegrityError, OperationalError) as exc:
+                # Two processes opening a new database at once both create Optuna's tables, and
+                # the slower fails ("table ... already exists", a duplicate alembic_version row);
+                # a moment later it finds them made. A server that is down fails every attempt.
+                if attempt == OPEN_ATTEMPTS:
+                    raise _unopened(name, storage, exc) from exc
+                time.sleep(0.5 * attempt)
+            except Exception as exc:  # a wrong URL, a missing driver
+                raise _unopened(name, storage, exc) from exc
         held = len(study.get_trials(deepcopy=False))
         if held and seed is not None:
             # the same seed on every start would suggest a resumed sweep the points its last
@@ -210,6 +221,13 @@ class Study:
 def default_storage(base_dir: Path) -> str:
     """SQLite beside the project's params.yaml (and its local mlflow.db)."""
     return f"sqlite:///{(base_dir / 'optuna.db').resolve()}"
+
+
+def _unopened(name: str, storage: str, exc: Exception) -> SweepError:
+    return SweepError(
+        f"cannot open the Optuna study {name!r} at {_shown(storage)}: {type(exc).__name__}: {exc}; "
+        "set sweep.storage to a database URL like sqlite:///optuna.db or postgresql://user@host/optuna"
+    )
 
 
 def _shown(storage: str) -> str:
